@@ -1,0 +1,54 @@
+"""Fields every job kind shares, and the model block that train and infer share.
+
+Each kind's own spec (``specs/clean.py``, ``specs/train.py``, ``specs/infer.py``)
+subclasses :class:`JobSpec`. ``extra="forbid"`` everywhere: a typo in a key is
+an error at submit time, never a silently ignored setting.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+# Qwen2.5-VL sees images in 28x28 pixel patches (14 px patch, 2x2 merge).
+PATCH = 28
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ModelSpec(Strict):
+    """Which Qwen2.5-VL to load and how. ``path`` is a local checkpoint dir (or a hub id when online)."""
+
+    path: str = Field(description="local Qwen2.5-VL checkpoint directory, or a hub id when online")
+    dtype: Literal["bf16", "fp16", "fp32"] = "bf16"
+    # nf4: 4-bit NormalFloat + double quantization (QLoRA); int8: LLM.int8(); none: plain dtype.
+    quantization: Literal["none", "nf4", "int8"] = "none"
+    attn_implementation: Literal["sdpa", "flash_attention_2", "eager"] = "sdpa"
+    # Pixel budget per image: tokens per image ~= pixels / 28^2. The model's boxes live in
+    # the frame these limits produce (vision/frames.py), so train and infer must agree.
+    min_pixels: int = Field(256 * PATCH * PATCH, ge=PATCH * PATCH)
+    max_pixels: int = Field(1280 * PATCH * PATCH, ge=PATCH * PATCH)
+    adapter: str | None = Field(None, description="LoRA adapter dir, or a train job id as 'job:42'")
+
+
+class JobSpec(Strict):
+    """Common fields. ``kind`` is fixed by each subclass."""
+
+    kind: str
+    name: str | None = Field(None, description="a label for status tables")
+    priority: int = Field(5, ge=0, le=9, description="0 lowest .. 9 highest")
+    queue: str | None = Field(None, description="override the kind's default queue (cpu | gpu)")
+    max_attempts: int = Field(3, ge=1, le=100, description="runs before a job is failed for good")
+    time_limit_s: int | None = Field(None, ge=1, description="hard wall-clock limit of one attempt")
+
+
+def existing_path(value: str | Path, what: str) -> Path:
+    """Expand ``~`` and require the path to exist; the error says what it was for."""
+    path = Path(value).expanduser()
+    if not path.exists():
+        raise ValueError(f"{what} {str(value)!r} does not exist: check the path")
+    return path

@@ -11,3 +11,7 @@ from vlmjobs import __version__
 @click.version_option(__version__, prog_name="vlmjobs")
 def cli() -> None:
     """Fine-tune and run Qwen2.5-VL as jobs on Celery GPU workers."""
+
+
+# Each module below adds its commands to `cli` (one import line per module).
+from vlmjobs.cli import dev  # noqa: E402,F401

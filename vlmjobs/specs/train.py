@@ -75,7 +75,7 @@ class DataSpec(Strict):
 
 
 class LoraSpec(Strict):
-    """Low-rank adapters. Trainable params ~ 2 * r * d per target per layer (r=4 q,v on 3B ~1.8M)."""
+    """Low-rank adapters: r * (d_in + d_out) params per target per layer (r=4 q,v on 3B: 0.9M)."""
 
     # Rank: more capacity and optimizer memory; r 4 -> 8 costs ~2x adapter size, ~1% step time.
     r: int = Field(4, ge=1)

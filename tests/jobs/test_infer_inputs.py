@@ -1,0 +1,200 @@
+"""Infer inputs: globs, safe member names, streaming readers, content keys, decode safeguards."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import tarfile
+import zipfile
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from vlmjobs.jobs.infer_inputs import (
+    count_items,
+    decode_image,
+    iter_items,
+    matches,
+    read_sources,
+    split_source,
+    unsafe_member_reason,
+)
+
+
+def png(w: int = 40, h: int = 30, color: str = "red", mode: str = "RGB") -> bytes:
+    buf = io.BytesIO()
+    Image.new(mode, (w, h), color).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+@pytest.mark.parametrize(
+    ("name", "include", "exclude", "expected"),
+    [
+        ("a/b/c.png", [], [], True),  # case: default image globs match at any depth
+        ("a/b/c.PNG", [], [], True),  # case: case-insensitive
+        ("notes.txt", [], [], False),  # case: not an image suffix
+        ("a/c.png", ["*.jpg"], [], False),  # case: include narrows
+        ("a/c.png", ["a/*"], [], True),  # case: a pattern with / matches the relative path
+        ("b/c.png", ["a/*"], [], False),  # case: ... and only that path
+        ("a/thumbs/c.png", [], ["*/thumbs/*"], False),  # case: exclude wins
+        ("a/c.png", [], ["*.jpg"], True),  # case: exclude that does not hit
+    ],
+)
+def test_matches(name: str, include: list[str], exclude: list[str], expected: bool) -> None:
+    assert matches(name, include, exclude) is expected
+
+
+@pytest.mark.parametrize(
+    ("name", "unsafe"),
+    [
+        ("img/a.png", False),  # case: plain relative
+        ("a..b.png", False),  # case: dots inside a name are fine
+        ("../x.png", True),  # case: parent component
+        ("img/../../x.png", True),  # case: parent component in the middle
+        ("/etc/x.png", True),  # case: absolute
+        ("..\\x.png", True),  # case: windows separator
+        ("C:/x.png", True),  # case: drive letter
+    ],
+)
+def test_unsafe_member_reason(name: str, unsafe: bool) -> None:
+    reason = unsafe_member_reason(name)
+    assert (reason is not None) is unsafe
+    if unsafe:
+        assert "unsafe archive member name" in reason and repr(name) in reason
+
+
+def exif_rotated() -> bytes:
+    """A 40x30 JPEG whose EXIF says 'rotate 90': displayed as 30x40."""
+    image = Image.new("RGB", (40, 30), "blue")
+    exif = image.getexif()
+    exif[0x0112] = 6
+    buf = io.BytesIO()
+    image.save(buf, format="JPEG", exif=exif)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("data", "limit", "size", "error"),
+    [
+        (png(), 10_000, (40, 30), None),  # case: ok
+        (png(mode="L"), 10_000, (40, 30), None),  # case: grayscale -> RGB
+        (png(mode="RGBA"), 10_000, (40, 30), None),  # case: alpha -> RGB
+        (exif_rotated(), 10_000, (30, 40), None),  # case: EXIF orientation applied
+        (b"", 10_000, None, "empty file (0 bytes)"),  # case: zero-byte
+        (b"just some text\n", 10_000, None, "not an image"),  # case: non-image
+        (png(400, 300)[:300], 10**6, None, "corrupt image"),  # case: truncated PNG
+        (png(200, 100), 19_999, None, "decompression bomb: 200x100"),  # case: over our limit
+        (png(200, 100), 20_000, (200, 100), None),  # case: exactly at the limit
+    ],
+)
+def test_decode_image(data: bytes, limit: int, size: tuple | None, error: str | None) -> None:
+    out = decode_image(data, max_image_pixels=limit)
+    if error is None:
+        assert out.error is None and out.image is not None
+        assert out.image.size == size and out.image.mode == "RGB"
+    else:
+        assert out.image is None and out.error is not None and out.error.startswith(error)
+
+
+@pytest.fixture
+def tree(tmp_path: Path) -> dict:
+    """A folder (nested, a duplicate, a non-image); a tar.gz and a zip, each with a bad member."""
+    imgs = {f"sub/{i}.png": png(20 + i, 10, "green") for i in range(3)}
+    folder = tmp_path / "folder"
+    for name, data in imgs.items():
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_bytes(data)
+    (folder / "dup.png").write_bytes(imgs["sub/0.png"])
+    (folder / "readme.txt").write_text("not listed by the default globs")
+    tgz = tmp_path / "a.tar.gz"
+    with tarfile.open(tgz, "w:gz") as tar:
+        for name, data in [*imgs.items(), ("../evil.png", png())]:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+        link = tarfile.TarInfo("link.png")
+        link.type, link.linkname = tarfile.SYMTYPE, "/etc/passwd"
+        tar.addfile(link)
+    zpath = tmp_path / "a.zip"
+    with zipfile.ZipFile(zpath, "w") as zf:
+        zf.writestr("dir/", "")
+        for name, data in imgs.items():
+            zf.writestr(name, data)
+        zf.writestr("/abs.png", png())
+    return {"imgs": imgs, "folder": folder, "tgz": tgz, "zip": zpath, "tmp": tmp_path}
+
+
+def test_folder_items_are_keyed_by_content(tree: dict) -> None:
+    items = list(iter_items([tree["folder"]], [], []))
+    assert [Path(i.source).relative_to(tree["folder"]).as_posix() for i in items] == [
+        "dup.png",
+        "sub/0.png",
+        "sub/1.png",
+        "sub/2.png",
+    ]
+    assert items[0].key == items[1].key == sha(tree["imgs"]["sub/0.png"])
+    assert all(i.error is None and sha(i.data) == i.key for i in items)
+    assert count_items([tree["folder"]], [], []) == 4
+
+
+def test_tar_is_streamed_and_unsafe_members_fail(tree: dict) -> None:
+    items = list(iter_items([tree["tgz"]], [], []))
+    assert [i.source.split("!")[1] for i in items] == [*tree["imgs"], "../evil.png"]  # no link
+    assert [sha(tree["imgs"][n]) for n in tree["imgs"]] == [i.key for i in items[:3]]
+    assert items[3].data is None and "unsafe archive member name" in items[3].error
+    assert count_items([tree["tgz"]], [], []) is None  # a tar's length is known only at its end
+
+
+def test_zip_members_and_absolute_names(tree: dict) -> None:
+    items = list(iter_items([tree["zip"]], ["*.png"], ["sub/2.png"]))
+    assert [i.source.split("!")[1] for i in items] == ["sub/0.png", "sub/1.png", "/abs.png"]
+    assert items[2].error.endswith("absolute path")
+    assert count_items([tree["zip"]], ["*.png"], ["sub/2.png"]) == 3
+
+
+def test_bad_archive_fails_as_one_item_and_the_rest_goes_on(tree: dict) -> None:
+    bad = tree["tmp"] / "bad.tar"
+    bad.write_bytes(b"this is not a tar file at all" * 40)
+    lst = tree["tmp"] / "list.txt"
+    lst.write_text("# a comment\n\nfolder/sub/1.png\n")
+    items = list(iter_items([bad, lst], [], []))
+    assert items[0].source == str(bad) and items[0].error.startswith("unreadable archive")
+    assert items[1].key == sha(tree["imgs"]["sub/1.png"])
+    assert count_items([lst], [], []) == 1
+
+
+def test_read_sources_reads_members_back(tree: dict) -> None:
+    wanted = [
+        f"{tree['tgz']}!sub/2.png",
+        str(tree["folder"] / "dup.png"),
+        f"{tree['zip']}!sub/1.png",
+        f"{tree['zip']}!missing.png",
+    ]
+    got = list(read_sources(wanted))
+    assert [g[0] for g in got] == wanted
+    assert got[0][1] == tree["imgs"]["sub/2.png"]
+    assert got[1][1] == tree["imgs"]["sub/0.png"]
+    assert got[2][1] == tree["imgs"]["sub/1.png"]
+    assert got[3][1] is None and "not found" in got[3][2]
+
+
+@pytest.mark.parametrize(
+    ("make_archive", "source", "expected"),
+    [
+        (False, "x/y.png", ("x/y.png", None)),  # case: plain path
+        (True, "{a}!m/n.png", ("{a}", "m/n.png")),  # case: archive member
+        (True, "{a}!m!n.png", ("{a}", "m!n.png")),  # case: '!' inside the member name
+        (False, "dir!x.png", ("dir!x.png", None)),  # case: '!' in a plain path
+    ],
+)
+def test_split_source(tmp_path: Path, make_archive: bool, source: str, expected: tuple) -> None:
+    archive = tmp_path / "a.zip"
+    if make_archive:
+        zipfile.ZipFile(archive, "w").close()
+    path, member = split_source(source.format(a=archive))
+    assert (str(path), member) == (expected[0].format(a=archive), expected[1])

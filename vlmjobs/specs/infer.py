@@ -1,0 +1,121 @@
+"""InferSpec: one YAML file per bulk-labeling job (``vlmjobs submit infer infer.yaml``).
+
+    kind: infer
+    model: {path: /models/qwen2.5-vl-3b, adapter: "job:42"}
+    inputs: [/data/shelf-photos, /data/batch-7.tar.gz]
+    task: dense_caption
+
+A train job's adapter carries a manifest (pixel limits, prompt, system,
+coordinate convention); infer honours it, and a field here overrides it only
+when it is written in the YAML. Input paths are checked at submit.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Literal
+
+from pydantic import ConfigDict, Field, field_validator, model_validator
+
+from vlmjobs.specs.common import PATCH, JobSpec, ModelSpec, Strict, existing_path
+from vlmjobs.vision.tasks import parser_for
+
+ADAPTER_JOB = re.compile(r"^job:(\d+)$")
+
+
+class InferModelSpec(ModelSpec):
+    """The base model (+ an adapter dir, or a train job's adapter as 'job:42')."""
+
+    @field_validator("adapter")
+    @classmethod
+    def _adapter_exists(cls, value: str | None) -> str | None:
+        if value is not None and not ADAPTER_JOB.match(value):
+            existing_path(value, "adapter directory (or write a train job as 'job:42')")
+        return value
+
+
+class DedupSpec(Strict):
+    """Drop repeated regions (the seeds repeat one box many times): same place, same phrase."""
+
+    enabled: bool = True
+    # Two regions overlap enough to be one when their IoU is at least this.
+    iou_threshold: float = Field(0.7, gt=0.0, le=1.0)
+    # ... and their phrases are this similar (1.0: identical text only).
+    phrase_threshold: float = Field(0.8, ge=0.0, le=1.0)
+
+
+class InferSpec(JobSpec):
+    """Label images with a (fine-tuned) Qwen2.5-VL; one output row per image, regions per output."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    kind: Literal["infer"] = "infer"
+    model: InferModelSpec
+    # Folders (recursive), list files (.txt, one path a line), .tar / .tar.gz / .tgz / .zip.
+    inputs: list[str] = Field(min_length=1)
+    # Globs over names relative to a folder or archive root; default: common image suffixes.
+    include: list[str] = Field(default_factory=list)
+    exclude: list[str] = Field(default_factory=list)
+    # dense_caption | detect (labels) | ground (phrase) | extract_json | caption | custom (prompt).
+    # Left out: the adapter manifest's task, else dense_caption.
+    task: Literal["dense_caption", "detect", "ground", "extract_json", "caption", "custom"] = (
+        "dense_caption"
+    )
+    labels: list[str] | None = None
+    phrase: str | None = None
+    # Replaces the task's prompt (and the manifest's).
+    prompt: str | None = None
+    # extract_json: a JSON schema each answer is validated against (failures: parse_status).
+    json_schema: dict[str, Any] | None = Field(None, alias="schema")
+    # How answers are read: regions | json | text; default: the task's own parser.
+    parser: Literal["regions", "json", "text"] | None = None
+    system: str | None = None
+    # Images per generate call: throughput against GPU memory (KV cache grows with it).
+    batch_size: int = Field(16, ge=1, le=256)
+    # Images decoded ahead = read_ahead * batch_size; bucketing by size happens in that window.
+    read_ahead: int = Field(4, ge=1, le=64)
+    # Generation length cap; a dense caption of ~25 regions is ~550 tokens.
+    max_new_tokens: int = Field(512, ge=1)
+    min_new_tokens: int = Field(0, ge=0)
+    # >1 discourages the repeated boxes random and under-trained models emit.
+    repetition_penalty: float = Field(1.0, gt=0.0)
+    dedup: DedupSpec = Field(default_factory=DedupSpec)
+    # auto: the static-cache fast path on CUDA, else transformers' generate; hf | static force one.
+    engine: Literal["auto", "hf", "static"] = "auto"
+    # Label at most this many images (None: all).
+    limit: int | None = Field(None, ge=1)
+    # Refuse images above this many pixels before decoding (decompression bombs); Pillow's default.
+    max_image_pixels: int = Field(89_478_485, ge=1)
+    # Pixel budget of the model's input frame; None: the adapter manifest's, else model's.
+    min_pixels: int | None = Field(None, ge=PATCH * PATCH)
+    max_pixels: int | None = Field(None, ge=PATCH * PATCH)
+
+    @field_validator("inputs")
+    @classmethod
+    def _inputs_exist(cls, inputs: list[str]) -> list[str]:
+        missing = [p for p in inputs if not _exists(p)]
+        if missing:
+            raise ValueError(f"input path(s) {missing} do not exist: check the paths")
+        return inputs
+
+    @model_validator(mode="after")
+    def _task_arguments(self) -> InferSpec:
+        if self.task == "detect" and not self.labels and not self.prompt:
+            raise ValueError("task 'detect' needs labels: the object names to find")
+        if self.task == "ground" and not self.phrase and not self.prompt:
+            raise ValueError("task 'ground' needs phrase: the referring expression to locate")
+        if self.task == "custom" and not self.prompt:
+            raise ValueError("task 'custom' needs prompt: the instruction text")
+        if self.json_schema is not None and (self.parser or parser_for(self.task)) != "json":
+            raise ValueError("schema is only read by the json parser: use task extract_json")
+        if self.min_pixels and self.max_pixels and self.min_pixels > self.max_pixels:
+            raise ValueError(f"min_pixels {self.min_pixels} > max_pixels {self.max_pixels}")
+        return self
+
+
+def _exists(path: str) -> bool:
+    try:
+        existing_path(path, "input")
+    except ValueError:
+        return False
+    return True

@@ -15,3 +15,6 @@ def cli() -> None:
 
 # Each module below adds its commands to `cli` (one import line per module).
 from vlmjobs.cli import dev  # noqa: E402,F401
+from vlmjobs.cli import results  # noqa: E402,F401
+from vlmjobs.cli import jobs  # noqa: E402,F401
+from vlmjobs.cli import stack  # noqa: E402,F401

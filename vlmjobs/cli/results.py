@@ -1,0 +1,345 @@
+"""`vlmjobs results JOB --format jsonl|coco|labelstudio|csv` and `vlmjobs render JOB --out DIR`.
+
+Exports are pure functions over output dicts (what ``iter_outputs`` reads from
+the database), boxes in ORIGINAL image pixels:
+
+    {"key", "source", "status", "parse_status", "raw_text", "error", "image_w", "image_h",
+     "input_w", "input_h", "prompt_tokens", "generated_tokens", "latency_ms", "extra",
+     "regions": [{"bbox": [x1, y1, x2, y2], "phrase": str, "score": float | None}]}
+
+jsonl and csv stream; COCO and Label Studio are one JSON document each, built in memory.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import sys
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any, TextIO
+
+import click
+
+from vlmjobs.cli.main import cli
+
+FORMATS = ("jsonl", "coco", "labelstudio", "csv")
+CSV_FIELDS = ["key", "source", "image_w", "image_h", "x1", "y1", "x2", "y2", "phrase", "score"]
+
+
+# --- exports: pure functions -------------------------------------------------------------------
+
+
+def jsonl_lines(outputs: Iterable[dict[str, Any]]) -> Iterator[str]:
+    """One JSON line per image (failed ones too, with their error)."""
+    for out in outputs:
+        yield json.dumps(out, ensure_ascii=False)
+
+
+def to_coco(outputs: Iterable[dict[str, Any]]) -> dict[str, Any]:
+    """A COCO detection document: images (ok ones), categories (one per distinct phrase, sorted),
+    annotations with ``bbox`` [x, y, w, h] and ``score``. Loads in pycocotools' COCO(); its
+    ``annotations`` list is also a valid ``loadRes`` input."""
+    images, pending = [], []
+    for out in outputs:
+        if out["status"] != "ok":
+            continue
+        image_id = len(images) + 1
+        images.append(
+            {
+                "id": image_id,
+                "file_name": out["source"],
+                "width": out["image_w"],
+                "height": out["image_h"],
+            }
+        )
+        pending += [(image_id, r) for r in out["regions"]]
+    names = sorted({r["phrase"] for _, r in pending})
+    category = {name: i + 1 for i, name in enumerate(names)}
+    annotations = []
+    for n, (image_id, r) in enumerate(pending, start=1):
+        x1, y1, x2, y2 = r["bbox"]
+        w, h = x2 - x1, y2 - y1
+        annotations.append(
+            {
+                "id": n,
+                "image_id": image_id,
+                "category_id": category[r["phrase"]],
+                "bbox": [x1, y1, w, h],
+                "area": w * h,
+                "iscrowd": 0,
+                "score": 1.0 if r["score"] is None else r["score"],
+            }
+        )
+    return {
+        "info": {"description": "vlmjobs infer predictions"},
+        "images": images,
+        "categories": [
+            {"id": i, "name": n, "supercategory": "region"} for n, i in category.items()
+        ],
+        "annotations": annotations,
+    }
+
+
+def to_labelstudio(outputs: Iterable[dict[str, Any]], model_version: str) -> list[dict[str, Any]]:
+    """Label Studio tasks with predictions: rectangles in PERCENT of the original image,
+    labels = phrases, per-region score; the prediction's score is the mean region score."""
+    tasks = []
+    for out in outputs:
+        if out["status"] != "ok":
+            continue
+        w, h = out["image_w"], out["image_h"]
+        result = [_ls_rect(i, r, w, h) for i, r in enumerate(out["regions"])]
+        scores = [r["score"] for r in out["regions"] if r["score"] is not None]
+        tasks.append(
+            {
+                "data": {"image": out["source"], "key": out["key"]},
+                "predictions": [
+                    {
+                        "model_version": model_version,
+                        "score": sum(scores) / len(scores) if scores else None,
+                        "result": result,
+                    }
+                ],
+            }
+        )
+    return tasks
+
+
+def _ls_rect(i: int, region: dict[str, Any], w: int, h: int) -> dict[str, Any]:
+    x1, y1, x2, y2 = region["bbox"]
+    return {
+        "id": f"r{i}",
+        "type": "rectanglelabels",
+        "from_name": "label",
+        "to_name": "image",
+        "original_width": w,
+        "original_height": h,
+        "image_rotation": 0,
+        "score": region["score"],
+        "value": {
+            "x": 100.0 * x1 / w,
+            "y": 100.0 * y1 / h,
+            "width": 100.0 * (x2 - x1) / w,
+            "height": 100.0 * (y2 - y1) / h,
+            "rotation": 0,
+            "rectanglelabels": [region["phrase"]],
+        },
+    }
+
+
+def write_csv(outputs: Iterable[dict[str, Any]], stream: TextIO) -> int:
+    """One row per region (images without regions have no row); returns the row count."""
+    writer = csv.DictWriter(stream, fieldnames=CSV_FIELDS, lineterminator="\n")
+    writer.writeheader()
+    rows = 0
+    for out in outputs:
+        for r in out["regions"]:
+            x1, y1, x2, y2 = r["bbox"]
+            writer.writerow(
+                {
+                    "key": out["key"],
+                    "source": out["source"],
+                    "image_w": out["image_w"],
+                    "image_h": out["image_h"],
+                    **{"x1": x1, "y1": y1, "x2": x2, "y2": y2},
+                    "phrase": r["phrase"],
+                    "score": "" if r["score"] is None else r["score"],
+                }
+            )
+            rows += 1
+    return rows
+
+
+def export(outputs: Iterable[dict[str, Any]], fmt: str, stream: TextIO, model_version: str) -> None:
+    """Write ``outputs`` to ``stream`` in ``fmt`` (one of FORMATS)."""
+    if fmt == "jsonl":
+        for line in jsonl_lines(outputs):
+            stream.write(line + "\n")
+    elif fmt == "csv":
+        write_csv(outputs, stream)
+    elif fmt == "coco":
+        json.dump(to_coco(outputs), stream, ensure_ascii=False)
+    elif fmt == "labelstudio":
+        json.dump(to_labelstudio(outputs, model_version), stream, ensure_ascii=False)
+    else:
+        raise ValueError(f"format {fmt!r} is not one of {', '.join(FORMATS)}")
+
+
+# --- render: boxes and phrases drawn on the original image --------------------------------------
+
+
+def _color(phrase: str) -> tuple[int, int, int]:
+    """A stable, saturated colour per phrase."""
+    d = hashlib.sha256(phrase.encode()).digest()
+    r, g, b = d[0], d[1], d[2]
+    lo = min(r, g, b)
+    return (r - lo + 40, g - lo + 40, b - lo + 40)
+
+
+def draw_regions(image: Any, regions: list[dict[str, Any]]) -> Any:
+    """A copy of ``image`` (RGB) with each region's box and phrase drawn in its colour."""
+    from PIL import ImageDraw, ImageFont
+
+    out = image.convert("RGB")
+    draw = ImageDraw.Draw(out)
+    width = max(2, min(out.size) // 250)
+    font = ImageFont.load_default(size=max(12, min(out.size) // 40))
+    for r in regions:
+        x1, y1, x2, y2 = r["bbox"]
+        color = _color(r["phrase"])
+        draw.rectangle([x1, y1, x2, y2], outline=color, width=width)
+        label = r["phrase"] if r["score"] is None else f"{r['phrase']} {r['score']:.2f}"
+        tx, ty = x1, max(0, y1 - font.size - 4)
+        box = draw.textbbox((tx, ty), label, font=font)
+        draw.rectangle(box, fill=color)
+        draw.text((tx, ty), label, fill=(0, 0, 0), font=font)
+    return out
+
+
+def render(outputs: Iterable[dict[str, Any]], out_dir: Path, limit: int | None) -> list[Path]:
+    """Draw up to ``limit`` ok outputs onto their images, re-read from the sources (archive
+    members too); one PNG each, named ``<n>_<key12>.png``. Returns the written paths."""
+    from vlmjobs.jobs.infer_inputs import decode_image, read_sources
+
+    chosen = []
+    for out in outputs:
+        if out["status"] == "ok":
+            chosen.append(out)
+            if limit is not None and len(chosen) >= limit:
+                break
+    out_dir.mkdir(parents=True, exist_ok=True)
+    by_source = {o["source"]: o for o in chosen}
+    written = []
+    for n, (source, data, error) in enumerate(read_sources(list(by_source))):
+        if data is None:
+            click.echo(f"render: skipped {source}: {error}", err=True)
+            continue
+        decoded = decode_image(data, max_image_pixels=sys.maxsize)
+        if decoded.image is None:
+            click.echo(f"render: skipped {source}: {decoded.error}", err=True)
+            continue
+        out = by_source[source]
+        path = out_dir / f"{n:05d}_{out['key'][:12]}.png"
+        draw_regions(decoded.image, out["regions"]).save(path)
+        written.append(path)
+    return written
+
+
+# --- database side ------------------------------------------------------------------------------
+
+
+def output_dict(row: Any) -> dict[str, Any]:
+    """An ``Output`` row (with its regions) as an export dict."""
+    return {
+        "key": row.item_key,
+        "source": row.source,
+        "status": row.status,
+        "parse_status": row.parse_status,
+        "raw_text": row.raw_text,
+        "error": row.error,
+        "image_w": row.image_w,
+        "image_h": row.image_h,
+        "input_w": row.input_w,
+        "input_h": row.input_h,
+        "prompt_tokens": row.prompt_tokens,
+        "generated_tokens": row.generated_tokens,
+        "latency_ms": row.latency_ms,
+        "extra": row.extra or {},
+        "regions": [
+            {"bbox": [r.x1, r.y1, r.x2, r.y2], "phrase": r.phrase, "score": r.score}
+            for r in sorted(row.regions, key=lambda r: r.id)
+        ],
+    }
+
+
+def load_job(job_id: int) -> dict[str, Any]:
+    """The job's id, kind, state and spec; JobNotFound when there is none."""
+    from vlmjobs.db.models import Job
+    from vlmjobs.db.session import session
+    from vlmjobs.errors import JobNotFound
+
+    with session() as s:
+        job = s.get(Job, job_id)
+        if job is None:
+            raise JobNotFound(f"no job {job_id}: `vlmjobs list` shows the jobs")
+        return {"id": job.id, "kind": job.kind, "state": job.state, "spec": job.spec}
+
+
+def iter_outputs(job_id: int, chunk: int = 500) -> Iterator[dict[str, Any]]:
+    """The job's outputs in commit order, read ``chunk`` rows (and their regions) at a time."""
+    from sqlalchemy import select
+    from sqlalchemy.orm import selectinload
+
+    from vlmjobs.db.models import Output
+    from vlmjobs.db.session import session
+
+    last = 0
+    while True:
+        with session() as s:
+            rows = s.scalars(
+                select(Output)
+                .where(Output.job_id == job_id, Output.id > last)
+                .order_by(Output.id)
+                .limit(chunk)
+                .options(selectinload(Output.regions))
+            ).all()
+            batch = [output_dict(r) for r in rows]
+        if not batch:
+            return
+        last = rows[-1].id
+        yield from batch
+
+
+def model_version(job: dict[str, Any]) -> str:
+    """``<model dir name>[+<adapter>]`` as the job's spec names them."""
+    model = job["spec"].get("model", {})
+    name = Path(str(model.get("path", "model"))).name
+    adapter = model.get("adapter")
+    if not adapter:
+        return name
+    return f"{name}+{adapter if str(adapter).startswith('job:') else Path(adapter).name}"
+
+
+def _infer_job(job_id: int) -> dict[str, Any]:
+    from vlmjobs.errors import VlmjobsError
+
+    try:
+        job = load_job(job_id)
+    except VlmjobsError as e:
+        raise click.ClickException(str(e)) from e
+    if job["kind"] != "infer":
+        raise click.ClickException(f"job {job_id} is a {job['kind']} job: results come from infer")
+    return job
+
+
+@cli.command()
+@click.argument("job_id", type=int)
+@click.option("--format", "fmt", type=click.Choice(FORMATS), default="jsonl", show_default=True)
+@click.option(
+    "--out", type=click.Path(dir_okay=False, path_type=Path), help="file (default: stdout)"
+)
+def results(job_id: int, fmt: str, out: Path | None) -> None:
+    """Export an infer job's outputs: boxes in original pixels (Label Studio: percent)."""
+    job = _infer_job(job_id)
+    outputs = iter_outputs(job_id)
+    if out is None:
+        export(outputs, fmt, sys.stdout, model_version(job))
+        return
+    tmp = out.with_name(out.name + ".partial")
+    with tmp.open("w", encoding="utf-8", newline="") as stream:
+        export(outputs, fmt, stream, model_version(job))
+    tmp.replace(out)  # a reader never sees half a file
+    click.echo(f"wrote {out}", err=True)
+
+
+@cli.command("render")
+@click.argument("job_id", type=int)
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path))
+@click.option("--limit", type=click.IntRange(min=1), default=None, help="at most N images")
+def render_cmd(job_id: int, out_dir: Path, limit: int | None) -> None:
+    """Draw an infer job's boxes and phrases onto its images: one PNG each under DIR."""
+    _infer_job(job_id)
+    written = render(iter_outputs(job_id), out_dir, limit)
+    click.echo(f"wrote {len(written)} image(s) to {out_dir}", err=True)

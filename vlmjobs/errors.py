@@ -25,3 +25,7 @@ class JobNotFound(VlmjobsError):
 
 class DataError(VlmjobsError):
     """Input data is missing or malformed as a whole (single bad items are skipped, not raised)."""
+
+
+class PreflightError(VlmjobsError):
+    """A train job's estimated peak GPU memory exceeds its budget; the message has the sums."""

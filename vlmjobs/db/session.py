@@ -1,0 +1,130 @@
+"""Engines, sessions and schema upgrades.
+
+One engine per process per URL. SQLite gets WAL (readers never block the
+writer), foreign keys ON and a busy timeout, so several local workers and the
+CLI can share one file. The schema is brought to Alembic's head on first use
+in a process (a cheap version check; the upgrade itself runs under a lock).
+"""
+
+from __future__ import annotations
+
+import fcntl
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.orm import Session
+
+from vlmjobs import settings
+
+MIGRATIONS = Path(__file__).parent / "migrations"
+# An arbitrary constant: the key of the PostgreSQL advisory lock held while upgrading.
+_PG_LOCK_KEY = 7_346_211
+_engines: dict[str, Engine] = {}
+_upgraded: set[str] = set()
+
+
+def mask_url(url: str) -> str:
+    """The URL with its password replaced by ***, safe to print or log."""
+    return make_url(url).render_as_string(hide_password=True)
+
+
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.execute("PRAGMA busy_timeout=30000")  # ms; workers and the CLI write concurrently
+    cur.execute("PRAGMA synchronous=NORMAL")  # safe with WAL; fsync per checkpoint, not commit
+    cur.close()
+
+
+def get_engine(url: str | None = None) -> Engine:
+    """The process's engine for ``url`` (default: ``settings.db_url()``), created once."""
+    url = url or settings.db_url()
+    if url not in _engines:
+        parsed = make_url(url)
+        if parsed.get_backend_name() == "sqlite":
+            if parsed.database and parsed.database != ":memory:":
+                Path(parsed.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+            engine = create_engine(url, connect_args={"timeout": 30})
+            event.listen(engine, "connect", _sqlite_pragmas)
+        else:
+            engine = create_engine(url, pool_pre_ping=True)
+        _engines[url] = engine
+    return _engines[url]
+
+
+def dispose_engines() -> None:
+    """Close every pooled connection (tests that drop databases; after fork)."""
+    for engine in _engines.values():
+        engine.dispose()
+    _engines.clear()
+    _upgraded.clear()
+
+
+@contextmanager
+def session(url: str | None = None) -> Iterator[Session]:
+    """A session on the (upgraded) database; commits on success, rolls back on error."""
+    engine = ensure_schema(url)
+    with Session(engine, expire_on_commit=False) as s, s.begin():
+        yield s
+
+
+def _alembic_config(url: str) -> Any:
+    from alembic.config import Config
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    # ConfigParser interpolation treats % specially: escape it in passwords.
+    cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    return cfg
+
+
+def current_revision(url: str | None = None) -> tuple[str | None, str | None]:
+    """(the database's revision, the code's head revision)."""
+    from alembic.runtime.migration import MigrationContext
+    from alembic.script import ScriptDirectory
+
+    url = url or settings.db_url()
+    head = ScriptDirectory.from_config(_alembic_config(url)).get_current_head()
+    with get_engine(url).connect() as conn:
+        return MigrationContext.configure(conn).get_current_revision(), head
+
+
+def upgrade(url: str | None = None) -> None:
+    """Run Alembic to head, serialized across processes (two workers may start at once)."""
+    from alembic import command
+
+    url = url or settings.db_url()
+    engine = get_engine(url)
+    if engine.dialect.name == "postgresql":
+        with engine.connect() as conn:
+            conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": _PG_LOCK_KEY})
+            try:
+                if current_revision(url)[0] != current_revision(url)[1]:
+                    command.upgrade(_alembic_config(url), "head")
+            finally:
+                conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": _PG_LOCK_KEY})
+                conn.commit()
+    else:
+        lock = Path(str(engine.url.database or "sqlite-memory") + ".migrate-lock")
+        with open(lock, "w") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            if current_revision(url)[0] != current_revision(url)[1]:
+                command.upgrade(_alembic_config(url), "head")
+    _upgraded.add(url)
+
+
+def ensure_schema(url: str | None = None) -> Engine:
+    """The engine, with the schema at head (checked once per process per URL)."""
+    url = url or settings.db_url()
+    engine = get_engine(url)
+    if url not in _upgraded:
+        have, head = current_revision(url)
+        if have != head:
+            upgrade(url)
+        _upgraded.add(url)
+    return engine

@@ -1,0 +1,131 @@
+"""Load a job spec: YAML file + ``--set a.b=value`` overrides -> the kind's pydantic model.
+
+Every problem is collected and raised at once as ``errors.SpecError`` with
+dotted field paths (``lora.r``), so a user fixes a spec in one round trip.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from vlmjobs.errors import SpecError
+from vlmjobs.jobs import KINDS, resolve
+from vlmjobs.specs.common import JobSpec
+
+_plugins_loaded: set[str] = set()
+
+
+def load_plugins() -> None:
+    """Import the modules named in ``VLMJOBS_PLUGINS`` (comma-separated); each may call
+    ``jobs.register(Kind(...))``. The CLI and every worker do this, so both sides agree on
+    the kinds (the test suite registers test-only kinds this way)."""
+    for name in filter(None, (m.strip() for m in os.environ.get("VLMJOBS_PLUGINS", "").split(","))):
+        if name not in _plugins_loaded:
+            importlib.import_module(name)
+            _plugins_loaded.add(name)
+
+
+def spec_class(kind: str) -> type[JobSpec]:
+    """The spec model of ``kind``; SpecError when the kind is unknown or not implemented yet."""
+    load_plugins()
+    if kind not in KINDS:
+        raise SpecError([("kind", f"unknown job kind {kind!r}: choose one of {sorted(KINDS)}")])
+    ref = KINDS[kind].spec
+    try:
+        cls = resolve(ref)
+    except (ImportError, AttributeError) as e:
+        raise SpecError(
+            [("kind", f"job kind {kind!r} is not available: cannot import {ref} ({e})")]
+        ) from e
+    return cls  # type: ignore[no-any-return]
+
+
+def _read_yaml(path: Path) -> tuple[dict[str, Any], list[tuple[str, str]]]:
+    if not path.is_file():
+        return {}, [("<file>", f"spec file {str(path)!r} does not exist: check the path")]
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "unknown place"
+        problem = getattr(e, "problem", None) or str(e)
+        return {}, [("<yaml>", f"invalid YAML in {path} at {where}: {problem}")]
+    if data is None:
+        return {}, []
+    if not isinstance(data, dict):
+        return {}, [("<yaml>", f"{path} must hold a mapping of keys, not {type(data).__name__}")]
+    return data, []
+
+
+def apply_override(data: dict[str, Any], override: str) -> str | None:
+    """Set ``a.b=value`` in ``data`` (value parsed as a YAML scalar); an error message or None."""
+    key, sep, raw = override.partition("=")
+    key = key.strip()
+    if not sep or not key or any(not part for part in key.split(".")):
+        return f"--set {override!r} must look like key.sub=value"
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as e:
+        return f"--set {override!r}: value is not valid YAML ({e})"
+    node = data
+    parts = key.split(".")
+    for i, part in enumerate(parts[:-1]):
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            where = ".".join(parts[: i + 1])
+            return f"--set {override!r}: {where} is a {type(child).__name__}, not a mapping"
+        node = child
+    node[parts[-1]] = value
+    return None
+
+
+def _field_path(loc: tuple[int | str, ...]) -> str:
+    return ".".join(str(p) for p in loc) or "<root>"
+
+
+def validate_spec(kind: str, data: dict[str, Any]) -> JobSpec:
+    """Build the spec of ``kind`` from a mapping; SpecError with every problem at once."""
+    cls = spec_class(kind)
+    given = data.get("kind", kind)
+    if given != kind:
+        raise SpecError([("kind", f"the file says kind {given!r} but you submitted {kind!r}")])
+    try:
+        return cls.model_validate({**data, "kind": kind})
+    except ValidationError as e:
+        problems = [(_field_path(err["loc"]), _message(err)) for err in e.errors()]
+        raise SpecError(problems) from None
+
+
+def _message(err: Any) -> str:
+    if err["type"] == "extra_forbidden":
+        return "unknown key (check its spelling and nesting)"
+    msg = str(err["msg"])
+    if err["type"] not in ("missing", "value_error") and "input" in err:
+        msg += f" (got {err['input']!r})"
+    return msg
+
+
+def load_spec(kind: str, path: Path | None, overrides: list[str] | tuple[str, ...] = ()) -> JobSpec:
+    """The validated spec of ``kind`` from an optional YAML file and ``--set`` overrides.
+
+    Raises SpecError listing every problem: YAML syntax (with line numbers), bad
+    ``--set`` syntax, unknown keys, wrong types, missing paths (checked by the
+    kind's validators), each with its dotted field path.
+    """
+    problems: list[tuple[str, str]] = []
+    data: dict[str, Any] = {}
+    if path is not None:
+        data, problems = _read_yaml(Path(path))
+    for override in overrides:
+        err = apply_override(data, override)
+        if err:
+            problems.append((override.partition("=")[0] or "--set", err))
+    if problems:
+        raise SpecError(problems)
+    return validate_spec(kind, data)

@@ -1,0 +1,61 @@
+"""Start a worker process: pin the GPU, load plugins, then hand over to Celery.
+
+Nothing here imports torch: ``CUDA_VISIBLE_DEVICES`` must be set before CUDA
+initializes, and recipes import torch only inside the job.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+
+from vlmjobs.db.session import ensure_schema
+from vlmjobs.errors import VlmjobsError
+from vlmjobs.scheduler.app import QUEUES, get_app
+from vlmjobs.specs import load_plugins
+from vlmjobs.worker.process import WORKER
+from vlmjobs.worker.tasks import register_tasks
+
+
+def pin_gpu(gpu: int | None) -> None:
+    """Make GPU ``gpu`` the process's only visible device (``cuda:0``); hide all GPUs for None."""
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_initialized():
+        raise VlmjobsError("CUDA was initialized before the worker pinned its GPU: report this bug")
+    os.environ["CUDA_VISIBLE_DEVICES"] = "" if gpu is None else str(gpu)
+
+
+def worker_name(gpu: int | None) -> str:
+    """Celery hostname: which GPU, which process, which host."""
+    where = f"gpu{gpu}" if gpu is not None else "cpu"
+    return f"{where}.{os.getpid()}@{socket.gethostname()}"
+
+
+def run_worker(gpu: int | None, queues: list[str], loglevel: str = "INFO") -> None:
+    """Serve ``queues`` one job at a time until SIGTERM (warm shutdown) or SIGINT."""
+    unknown = [q for q in queues if q not in QUEUES]
+    if unknown:
+        raise VlmjobsError(f"unknown queue(s) {unknown}: choose from {list(QUEUES)}")
+    pin_gpu(gpu)
+    load_plugins()
+    ensure_schema()
+    WORKER.name = worker_name(gpu)
+    WORKER.gpu = None if gpu is None else str(gpu)
+    WORKER.device = "cpu" if gpu is None else "cuda"
+    WORKER.queues = ",".join(queues)
+    app = get_app()
+    register_tasks(app)
+    app.worker_main(
+        [
+            "worker",
+            "--pool=solo",  # CUDA does not survive fork; one job at a time anyway
+            "--concurrency=1",
+            "--prefetch-multiplier=1",
+            f"--queues={','.join(queues)}",
+            f"--hostname={WORKER.name}",
+            f"--loglevel={loglevel}",
+            "--without-gossip",
+            "--without-mingle",
+        ]
+    )

@@ -1,0 +1,109 @@
+"""This worker process: its identity, its stop flags, and its heartbeat thread.
+
+The heartbeat is a thread (not the recipe's ``ctx.progress``) so that a job
+loading a model for minutes still looks alive; a process killed with -9 takes
+the thread with it, which is exactly what ``reconcile`` detects. The same
+thread runs ``reconcile`` every ``VLMJOBS_RECONCILE_S``: with the solo pool a
+worker's main thread is busy for the whole job, so a Celery task could not.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+from dataclasses import dataclass, field
+
+from sqlalchemy import delete, update
+
+from vlmjobs.db.models import Job, State, Worker, utcnow
+from vlmjobs.db.session import session
+from vlmjobs.scheduler.app import heartbeat_s, reconcile_s
+from vlmjobs.worker.context import StopFlags
+
+logger = logging.getLogger("vlmjobs.worker")
+
+
+@dataclass
+class WorkerState:
+    name: str = ""
+    host: str = field(default_factory=socket.gethostname)
+    gpu: str | None = None
+    device: str = "cpu"
+    queues: str = ""
+    flags: StopFlags = field(default_factory=StopFlags)
+    job_id: int | None = None
+    job_started: float = 0.0
+    time_limit_s: float | None = None
+    _thread: threading.Thread | None = None
+    _stop: threading.Event = field(default_factory=threading.Event)
+
+    def start_job(self, job_id: int, time_limit_s: float | None) -> None:
+        self.flags.time_limit.clear()
+        self.job_id, self.job_started, self.time_limit_s = job_id, time.monotonic(), time_limit_s
+
+    def end_job(self) -> None:
+        self.job_id = None
+
+    def register(self) -> None:
+        """Insert (or refresh) this worker's row and start the heartbeat thread."""
+        with session() as s:
+            s.merge(
+                Worker(
+                    name=self.name,
+                    host=self.host,
+                    pid=os.getpid(),
+                    gpu=self.gpu,
+                    queues=self.queues,
+                    current_job_id=None,
+                    started_at=utcnow(),
+                    heartbeat_at=utcnow(),
+                )
+            )
+        self._thread = threading.Thread(target=self._loop, name="vlmjobs-heartbeat", daemon=True)
+        self._thread.start()
+
+    def unregister(self) -> None:
+        self._stop.set()
+        with session() as s:
+            s.execute(delete(Worker).where(Worker.name == self.name))
+
+    def beat(self) -> None:
+        """One heartbeat: the worker row, the running job's row, and its time limit."""
+        job_id, now = self.job_id, utcnow()
+        with session() as s:
+            s.execute(
+                update(Worker)
+                .where(Worker.name == self.name)
+                .values(heartbeat_at=now, current_job_id=job_id)
+            )
+            if job_id is not None:
+                s.execute(
+                    update(Job)
+                    .where(Job.id == job_id, Job.state == State.running, Job.worker == self.name)
+                    .values(heartbeat_at=now)
+                )
+        limit = self.time_limit_s
+        if job_id is not None and limit and time.monotonic() - self.job_started > limit:
+            self.flags.time_limit.set()
+
+    def _loop(self) -> None:
+        from vlmjobs.scheduler.reconcile import reconcile
+
+        last_reconcile = 0.0
+        while not self._stop.is_set():
+            try:
+                self.beat()
+                if time.monotonic() - last_reconcile >= reconcile_s():
+                    last_reconcile = time.monotonic()
+                    done = reconcile()
+                    if done.requeued_stale or done.resent_lost or done.failed_stale:
+                        logger.warning("reconcile: %s", done)
+            except Exception:  # the database or Redis is down: keep beating, log why
+                logger.exception("heartbeat/reconcile failed; retrying")
+            self._stop.wait(min(heartbeat_s(), reconcile_s()))
+
+
+WORKER = WorkerState()

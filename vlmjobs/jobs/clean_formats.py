@@ -50,6 +50,7 @@ class Source:
 
     format: str
     task: str  # the default task for this data (dense_caption, detect, caption, ...)
+    content: str  # regions: boxes + phrases; captions: phrases only; targets: ready text
     total: int  # number of items the iterator will yield
     items: Iterator[Item]
     path: Path = Path()
@@ -156,7 +157,9 @@ def read_vg(path: Path, images_dir: Path) -> Source:
     if not isinstance(data, list):
         raise DataError(f"{path}: Visual Genome region_descriptions is a list, got {type(data)}")
     meta = _vg_image_data(path.parent / "image_data.json")
-    return Source("vg", "dense_caption", len(data), _vg_items(data, meta, images_dir), path)
+    return Source(
+        "vg", "dense_caption", "regions", len(data), _vg_items(data, meta, images_dir), path
+    )
 
 
 def _vg_image_data(path: Path) -> dict[int, dict[str, Any]]:
@@ -219,8 +222,8 @@ def read_coco(path: Path, images_dir: Path) -> Source:
     images = [im for im in data["images"] if isinstance(im, dict)]
     items = _coco_items(images, by_image, names, images_dir, captions)
     labels = [] if captions else sorted(set(names.values()))
-    task = "caption" if captions else "detect"
-    return Source("coco", task, len(images), items, path, labels)
+    task, content = ("caption", "captions") if captions else ("detect", "regions")
+    return Source("coco", task, content, len(images), items, path, labels)
 
 
 def _coco_items(
@@ -285,7 +288,9 @@ def _image_path(base: Path, value: str) -> Path:
 
 def read_regions(path: Path) -> Source:
     """regions.jsonl: {"image", "width", "height", "regions": [{"bbox", "phrase"}]} a line."""
-    return Source("regions", "dense_caption", _count_lines(path), _regions_items(path), path)
+    return Source(
+        "regions", "dense_caption", "regions", _count_lines(path), _regions_items(path), path
+    )
 
 
 def _regions_items(path: Path) -> Iterator[Item]:
@@ -320,7 +325,7 @@ def read_jsonl(path: Path) -> Source:
     first = _first_json_line(path)
     suffix = first.get("suffix")
     task = "extract_json" if isinstance(suffix, dict | list) or _is_json_text(suffix) else "custom"
-    return Source("jsonl", task, _count_lines(path), _jsonl_items(path), path)
+    return Source("jsonl", task, "targets", _count_lines(path), _jsonl_items(path), path)
 
 
 def _is_json_text(value: Any) -> bool:

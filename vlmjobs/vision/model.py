@@ -1,0 +1,237 @@
+"""Load a Qwen2.5-VL (or Qwen2-VL) checkpoint and its processor, as a ModelSpec says.
+
+    model, processor = load_model(spec, device="cuda")
+
+Works with and without torchvision: without it, ``AutoProcessor`` silently
+returns a bare tokenizer (PLATFORM.md), so the processor is assembled here from
+the image processor's PIL variant + the tokenizer + the chat template.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import AutoTokenizer, BitsAndBytesConfig, ProcessorMixin, Qwen2_5_VLProcessor
+
+from vlmjobs.errors import ModelLoadError
+from vlmjobs.specs.common import ModelSpec
+
+log = logging.getLogger(__name__)
+
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+# Quantizing the vision tower or lm_head costs accuracy for little memory; names match from
+# the start of the full module name (PLATFORM.md), so "visual" alone would match nothing.
+SKIP_QUANT = ["model.visual", "lm_head"]
+
+
+@cache
+def has_torchvision() -> bool:
+    """True when torchvision imports AND works (a PyPI build beside a CPU torch may not)."""
+    try:
+        import torchvision.transforms.v2.functional  # noqa: F401
+    except (ImportError, RuntimeError, OSError):
+        return False
+    return True
+
+
+def resolve_path(path: str) -> Path:
+    """A local checkpoint dir for ``path``: the dir itself, or a hub id's cached snapshot.
+
+    Hub ids are looked up in the local cache first, then downloaded unless HF_HUB_OFFLINE
+    (or TRANSFORMERS_OFFLINE) is set. Raises ModelLoadError saying what to do.
+    """
+    local = Path(path).expanduser()
+    if local.is_dir():
+        if not (local / "config.json").is_file():
+            raise ModelLoadError(
+                f"model dir {str(local)!r} has no config.json: is it a checkpoint?"
+            )
+        return local
+    from huggingface_hub import snapshot_download
+
+    offline = any(
+        os.environ.get(v, "").lower() in {"1", "true", "yes", "on"}
+        for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+    )
+    for local_only in (True, False) if not offline else (True,):
+        try:
+            return Path(snapshot_download(path, local_files_only=local_only))
+        except Exception as err:  # hub errors have many types; each try's failure is final
+            reason = err
+    raise ModelLoadError(
+        f"model {path!r} is not a local directory and could not be loaded from the hub cache "
+        f"({type(reason).__name__}); point model.path at a local Qwen2.5-VL checkpoint"
+    )
+
+
+def _model_class(path: Path) -> Any:
+    """The generation class for the checkpoint's model_type (Qwen2.5-VL or Qwen2-VL)."""
+    from transformers import Qwen2_5_VLForConditionalGeneration, Qwen2VLForConditionalGeneration
+
+    try:
+        model_type = json.loads((path / "config.json").read_text()).get("model_type")
+    except (OSError, json.JSONDecodeError) as err:
+        raise ModelLoadError(f"cannot read {path / 'config.json'}: {err}") from err
+    classes = {
+        "qwen2_5_vl": Qwen2_5_VLForConditionalGeneration,
+        "qwen2_vl": Qwen2VLForConditionalGeneration,
+    }
+    if model_type not in classes:
+        raise ModelLoadError(
+            f"model {str(path)!r} has model_type {model_type!r}; vlmjobs runs "
+            "qwen2_5_vl (Qwen2.5-VL) or qwen2_vl (Qwen2-VL) checkpoints"
+        )
+    return classes[model_type]
+
+
+def quantization_config(spec: ModelSpec) -> BitsAndBytesConfig | None:
+    """bitsandbytes settings for spec.quantization (nf4 = QLoRA's 4-bit + double quant)."""
+    if spec.quantization == "none":
+        return None
+    if spec.quantization == "nf4":
+        return BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=DTYPES[spec.dtype],
+            llm_int8_skip_modules=SKIP_QUANT,
+        )
+    return BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=SKIP_QUANT)
+
+
+def _check_attention(spec: ModelSpec, device: str) -> None:
+    if spec.attn_implementation != "flash_attention_2":
+        return
+    from transformers.utils import is_flash_attn_2_available
+
+    if not device.startswith("cuda") or not is_flash_attn_2_available():
+        raise ModelLoadError(
+            f"attn_implementation 'flash_attention_2' needs the flash-attn package and CUDA "
+            f"(device {device!r}); install flash-attn or use 'sdpa'"
+        )
+
+
+def _fix_cpu_4bit(model: torch.nn.Module) -> None:
+    """Stop bitsandbytes repacking 4-bit weights in place on AVX512-BF16 CPUs (PLATFORM.md)."""
+    import bitsandbytes as bnb
+
+    for module in model.modules():
+        if isinstance(module, bnb.nn.Linear4bit):
+            module.support_avx512bf16_for_cpu = False
+
+
+def load_model(
+    spec: ModelSpec, *, device: str = "cpu", for_training: bool = False
+) -> tuple[Any, Qwen2_5_VLProcessor]:
+    """Load ``spec``'s model (+ LoRA adapter) on ``device`` and its processor.
+
+    Returns ``(model, processor)``; the model is in eval mode unless ``for_training``.
+    ``spec.adapter`` must already be a directory (callers resolve 'job:42').
+    Raises ModelLoadError naming the path and what to do.
+    """
+    path = resolve_path(spec.path)
+    _check_attention(spec, device)
+    kwargs: dict[str, Any] = {
+        "dtype": DTYPES[spec.dtype],
+        "attn_implementation": spec.attn_implementation,
+    }
+    quant = quantization_config(spec)
+    if quant is not None:
+        kwargs["quantization_config"] = quant
+    if device != "cpu":
+        kwargs["device_map"] = {"": device}
+    try:
+        model = _model_class(path).from_pretrained(path, **kwargs)
+    except (OSError, ValueError, RuntimeError, ImportError) as err:
+        raise ModelLoadError(f"cannot load model {str(path)!r}: {err}") from err
+    if quant is not None and device == "cpu":
+        _fix_cpu_4bit(model)
+    if spec.adapter:
+        model = _load_adapter(model, spec.adapter, trainable=for_training)
+    model.train(for_training)
+    processor = load_processor(path, min_pixels=spec.min_pixels, max_pixels=spec.max_pixels)
+    return model, processor
+
+
+def _load_adapter(model: Any, adapter: str, *, trainable: bool) -> Any:
+    from peft import PeftModel
+
+    adapter_dir = Path(adapter).expanduser()
+    if not (adapter_dir / "adapter_config.json").is_file():
+        raise ModelLoadError(
+            f"adapter {adapter!r} is not a LoRA adapter directory (no adapter_config.json); "
+            "point model.adapter at a train job's adapter dir"
+        )
+    return PeftModel.from_pretrained(model, adapter_dir, is_trainable=trainable)
+
+
+def load_processor(path: str | Path, *, min_pixels: int, max_pixels: int) -> Qwen2_5_VLProcessor:
+    """A Qwen2.5-VL processor for the checkpoint at ``path`` with this pixel budget.
+
+    Produces ``input_ids`` (with one <|image_pad|> per merged 28x28 patch),
+    ``attention_mask``, ``pixel_values`` and ``image_grid_thw``; resize sizes are
+    exactly ``frames.input_size``. A video processor is attached only with torchvision.
+    """
+    path = resolve_path(str(path))
+    if min_pixels > max_pixels:
+        raise ValueError(f"min_pixels {min_pixels} > max_pixels {max_pixels}: swap them")
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    template = tokenizer.chat_template or _read_template(path)
+    image = _image_processor(path, min_pixels, max_pixels)
+    if has_torchvision():
+        from transformers import AutoVideoProcessor
+
+        video = AutoVideoProcessor.from_pretrained(path)
+        return Qwen2_5_VLProcessor(
+            image_processor=image,
+            tokenizer=tokenizer,
+            video_processor=video,
+            chat_template=template,
+        )
+    return ImageOnlyProcessor(image_processor=image, tokenizer=tokenizer, chat_template=template)
+
+
+class ImageOnlyProcessor(Qwen2_5_VLProcessor):
+    """Qwen2_5_VLProcessor without the video processor (which needs torchvision).
+
+    ProcessorMixin takes its sub-processors from ``__init__``'s parameter names, so
+    leaving ``video_processor`` out of the signature is what makes it optional.
+    """
+
+    def __init__(self, image_processor: Any = None, tokenizer: Any = None, chat_template=None):
+        self.image_token = getattr(tokenizer, "image_token", None) or "<|image_pad|>"
+        self.video_token = getattr(tokenizer, "video_token", None) or "<|video_pad|>"
+        self.image_token_id = tokenizer.convert_tokens_to_ids(self.image_token)
+        self.video_token_id = tokenizer.convert_tokens_to_ids(self.video_token)
+        ProcessorMixin.__init__(self, image_processor, tokenizer, chat_template=chat_template)
+
+
+def _image_processor(path: Path, min_pixels: int, max_pixels: int) -> Any:
+    """The checkpoint's image processor with this pixel budget; PIL-based without torchvision."""
+    # As kwargs, these override the checkpoint's own min/max_pixels (a size= would not).
+    budget = {"min_pixels": min_pixels, "max_pixels": max_pixels}
+    if has_torchvision():
+        from transformers import AutoImageProcessor
+
+        image = AutoImageProcessor.from_pretrained(path, **budget)
+    else:
+        from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import (
+            Qwen2VLImageProcessorPil,
+        )
+
+        image = Qwen2VLImageProcessorPil.from_pretrained(path, **budget)
+    return image
+
+
+def _read_template(path: Path) -> str | None:
+    if (path / "chat_template.jinja").is_file():
+        return (path / "chat_template.jinja").read_text()
+    if (path / "chat_template.json").is_file():
+        return json.loads((path / "chat_template.json").read_text()).get("chat_template")
+    return None

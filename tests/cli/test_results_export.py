@@ -201,4 +201,4 @@ def test_render_command_and_errors(tmp_path: Path, db_job: int) -> None:
     assert result.exit_code == 0, result.output
     assert len(list((tmp_path / "r").glob("*.png"))) == 2
     missing = runner.invoke(cli, ["results", "999"])
-    assert missing.exit_code == 1 and "no job 999" in missing.output
+    assert missing.exit_code == 2 and "no job 999" in missing.output

@@ -22,7 +22,9 @@ from typing import Any, TextIO
 
 import click
 
+from vlmjobs.cli.jobs import friendly_errors
 from vlmjobs.cli.main import cli
+from vlmjobs.errors import JobNotFound
 
 FORMATS = ("jsonl", "coco", "labelstudio", "csv")
 CSV_FIELDS = ["key", "source", "image_w", "image_h", "x1", "y1", "x2", "y2", "phrase", "score"]
@@ -258,12 +260,11 @@ def load_job(job_id: int) -> dict[str, Any]:
     """The job's id, kind, state and spec; JobNotFound when there is none."""
     from vlmjobs.db.models import Job
     from vlmjobs.db.session import session
-    from vlmjobs.errors import JobNotFound
 
     with session() as s:
         job = s.get(Job, job_id)
         if job is None:
-            raise JobNotFound(f"no job {job_id}: `vlmjobs list` shows the jobs")
+            raise JobNotFound(f"no job {job_id}: see `vlmjobs status` for the ids")
         return {"id": job.id, "kind": job.kind, "state": job.state, "spec": job.spec}
 
 
@@ -303,14 +304,9 @@ def model_version(job: dict[str, Any]) -> str:
 
 
 def _infer_job(job_id: int) -> dict[str, Any]:
-    from vlmjobs.errors import VlmjobsError
-
-    try:
-        job = load_job(job_id)
-    except VlmjobsError as e:
-        raise click.ClickException(str(e)) from e
+    job = load_job(job_id)
     if job["kind"] != "infer":
-        raise click.ClickException(f"job {job_id} is a {job['kind']} job: results come from infer")
+        raise JobNotFound(f"job {job_id} is a {job['kind']} job: results come from infer jobs")
     return job
 
 
@@ -320,6 +316,7 @@ def _infer_job(job_id: int) -> dict[str, Any]:
 @click.option(
     "--out", type=click.Path(dir_okay=False, path_type=Path), help="file (default: stdout)"
 )
+@friendly_errors
 def results(job_id: int, fmt: str, out: Path | None) -> None:
     """Export an infer job's outputs: boxes in original pixels (Label Studio: percent)."""
     job = _infer_job(job_id)
@@ -338,6 +335,7 @@ def results(job_id: int, fmt: str, out: Path | None) -> None:
 @click.argument("job_id", type=int)
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path))
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="at most N images")
+@friendly_errors
 def render_cmd(job_id: int, out_dir: Path, limit: int | None) -> None:
     """Draw an infer job's boxes and phrases onto its images: one PNG each under DIR."""
     _infer_job(job_id)

@@ -198,3 +198,26 @@ def test_right_padding_is_refused(tiny) -> None:
     batch["attention_mask"] = batch["attention_mask"].flip(1)
     with pytest.raises(ValueError, match="right padded"):
         Generator(model, tokenizer, engine="hf").generate(batch, max_new_tokens=2)
+
+
+@pytest.mark.parametrize(
+    "rows, max_batch, new, min_new",
+    [
+        (ROWS, 4, 12, 0),  # case: one batch, stops at EOS or 12
+        (ROWS, 3, 10, 10),  # case: sliced 3 + 1, EOS barred: forced length
+        ([(7, None), (15, None)], 2, 8, 0),  # case: text only, no image
+    ],
+)
+def test_static_engine_equals_hf_greedy(tiny, rows, max_batch: int, new: int, min_new: int) -> None:
+    model, tokenizer = tiny
+    batch = make_batch(rows, seed=3)
+    kwargs = dict(max_new_tokens=new, min_new_tokens=min_new)
+    hf = Generator(model, tokenizer, engine="hf", max_batch=max_batch).generate(batch, **kwargs)
+    static = Generator(model, tokenizer, engine="static", max_batch=max_batch)
+    for _ in range(2):  # the second batch reuses the cache, which holds the first one's keys
+        out = static.generate(batch, **kwargs)
+        assert [g.token_ids for g in out] == [g.token_ids for g in hf]
+        assert [g.finished for g in out] == [g.finished for g in hf]
+        assert [g.prompt_tokens for g in out] == [g.prompt_tokens for g in hf]
+        for a, b in zip(out, hf, strict=True):
+            torch.testing.assert_close(a.logprobs, b.logprobs, atol=1e-4, rtol=1e-4)

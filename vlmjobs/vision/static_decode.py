@@ -1,0 +1,250 @@
+"""The fast greedy path of vision/generate.py: batched prefill, static KV cache, CUDA-graph decode.
+
+Why it is faster than ``model.generate``: at batch 16 a decode step of the 3B reads ~7 GB
+of weights (~2.5 ms on an H100) but launches ~1,000 small kernels from Python; eager, the
+launches dominate. Here one decode step is a fixed-shape function of preallocated buffers
+(token, rope position, cache slot, step counter), captured once in a CUDA graph and
+replayed per token, with no host sync but one every ``check_every`` steps (all rows done?).
+
+Layout of one batch in the cache (B rows, S slots per row, left padded like the prompt):
+
+    slot  0 .. pad_i-1   padding of row i (masked)
+          pad_i .. L-1   row i's prompt (L = the batch's padded prompt length)
+          L .. L+T-1     generated tokens
+
+Prefill runs transformers' own forward (vision tower, mrope positions, masks) on a few rows
+at a time, so its activations stay small, and copies the keys/values into the cache. Decode
+runs the language model's layers directly: for a generated (text) token all three mrope
+components equal ``len_i + rope_delta_i + t``, so its rotary embedding is the plain 1D one.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch.nn import functional as F
+from transformers import BatchFeature, DynamicCache
+
+SLOT_ROUND = 256  # cache length is rounded up to this, so batches of similar length share a graph
+MAX_GRAPHS = 4  # captured graphs kept (each holds its own activation pool)
+
+
+class StaticDecoder:
+    """Greedy decoding for one Qwen2.5-VL; keeps the KV cache and graphs between batches."""
+
+    def __init__(
+        self,
+        model: Any,
+        *,
+        max_batch: int,
+        eos_ids: list[int],
+        prefill_rows: int = 4,
+        check_every: int = 32,
+        cuda_graphs: bool | None = None,
+    ):
+        base = model.get_base_model() if hasattr(model, "get_base_model") else model  # peft
+        if not hasattr(base, "model") or not hasattr(base.model, "language_model"):
+            raise TypeError(
+                f"{type(base).__name__}: the static engine needs a Qwen2.5-VL; use 'hf'"
+            )
+        self.model, self.vl, self.lm = base, base.model, base.model.language_model
+        text = base.config.text_config
+        self.heads, self.kv_heads = text.num_attention_heads, text.num_key_value_heads
+        self.head_dim = getattr(text, "head_dim", None) or text.hidden_size // self.heads
+        self.max_batch, self.prefill_rows, self.check_every = max_batch, prefill_rows, check_every
+        self.device = next(base.parameters()).device
+        self.dtype = self.lm.embed_tokens.weight.dtype
+        self.eos = torch.tensor(eos_ids, device=self.device)
+        self.cuda_graphs = self.device.type == "cuda" if cuda_graphs is None else cuda_graphs
+        self.keys: list[torch.Tensor] = []  # per layer (max_batch, kv_heads, S, head_dim)
+        self.values: list[torch.Tensor] = []
+        self.graphs: dict[tuple[int, int], tuple[torch.cuda.CUDAGraph, dict]] = {}
+        rotary = self.lm.rotary_emb
+        self.inv_freq = rotary.inv_freq.float().to(self.device)
+        self.rope_scale = float(getattr(rotary, "attention_scaling", 1.0))
+
+    @torch.inference_mode()
+    def generate(
+        self, batch: BatchFeature, max_new_tokens: int, min_new_tokens: int = 0
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Greedy ids (B, max_new_tokens) and their raw-logit log-probs (B, T), on the CPU.
+        Rows that stop early go on after their EOS with whatever came next (the caller cuts)."""
+        rows, length = batch["input_ids"].shape
+        if rows > self.max_batch:
+            raise ValueError(f"batch of {rows} rows > max_batch={self.max_batch}: slice it first")
+        slots = -(-(length + max_new_tokens) // SLOT_ROUND) * SLOT_ROUND
+        self._ensure_cache(slots)
+        state = self._state(rows, slots)
+        logits = self._prefill(batch, state)
+        ids = torch.zeros(rows, max_new_tokens, dtype=torch.long, device=self.device)
+        logprobs = torch.zeros(rows, max_new_tokens, dtype=torch.float32, device=self.device)
+        state["min_new"].fill_(min_new_tokens)
+        self._pick(logits, state)  # token 0 from the prefill's logits
+        ids[:, 0], logprobs[:, 0] = state["token"], state["logprob"]
+        step = self._graph_step(rows, slots, state) if self.cuda_graphs else None
+        for t in range(1, max_new_tokens):
+            if step is not None:
+                step()
+            else:
+                self._step(state)
+            ids[:, t], logprobs[:, t] = state["token"], state["logprob"]
+            if t % self.check_every == 0 and bool(state["done"].all()):
+                break
+        return ids.cpu(), logprobs.cpu()
+
+    def _ensure_cache(self, slots: int) -> None:
+        if self.keys and self.keys[0].shape[2] >= slots:
+            return
+        self.keys, self.values, self.graphs = [], [], {}  # free the old cache before the new one
+        shape = (self.max_batch, self.kv_heads, slots, self.head_dim)
+        for _ in self.lm.layers:
+            # zeros, not empty: masked slots are multiplied by 0 in attention, and 0 * NaN = NaN
+            self.keys.append(torch.zeros(shape, dtype=self.dtype, device=self.device))
+            self.values.append(torch.zeros(shape, dtype=self.dtype, device=self.device))
+
+    def _state(self, rows: int, slots: int) -> dict[str, torch.Tensor]:
+        """The decode step's inputs and outputs; a captured graph reads and writes these very
+        tensors, so each (rows, slots) shape keeps one set and the values are copied in."""
+        if (rows, slots) in self.graphs:
+            return self.graphs[(rows, slots)][1]
+
+        def z(*shape: int, dtype: torch.dtype = torch.long) -> torch.Tensor:
+            return torch.zeros(shape, dtype=dtype, device=self.device)
+
+        return {
+            "token": z(rows),  # last chosen token, fed to the next step
+            "position": z(rows),  # its rope position: len_i + rope_delta_i + t
+            "slot": z(1),  # its cache slot: L + t
+            "step": z(1),  # t: index of the token the next step chooses
+            "min_new": z(1),
+            "pad": z(rows, 1),  # first prompt slot of each row
+            "done": z(rows, dtype=torch.bool),
+            "logprob": z(rows, dtype=torch.float32),
+            "arange": torch.arange(slots, device=self.device)[None],
+        }
+
+    def _prefill(self, batch: BatchFeature, state: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Run the prompt through the model a few rows at a time; fill the cache and state.
+        Returns the last prompt position's logits (B, V)."""
+        from vlmjobs.vision.generate import slice_batch, with_token_types
+
+        rows, length = batch["input_ids"].shape
+        lengths = batch["attention_mask"].sum(1).to(self.device)
+        last = []
+        for start in range(0, rows, self.prefill_rows):
+            stop = min(rows, start + self.prefill_rows)
+            part = with_token_types(
+                slice_batch(batch, start, stop, self.model.config), self.model.config
+            )
+            part = {k: v.to(self.device) for k, v in part.items()}
+            width = part["input_ids"].shape[1]  # <= length: shared left padding was dropped
+            types = part.get("mm_token_type_ids", torch.zeros_like(part["input_ids"]))
+            positions, deltas = self.vl.get_rope_index(
+                part["input_ids"],
+                mm_token_type_ids=types,
+                image_grid_thw=part.get("image_grid_thw"),
+                attention_mask=part["attention_mask"],
+            )
+            cache = DynamicCache(config=self.model.config.text_config)
+            hidden = self.vl(
+                input_ids=part["input_ids"],
+                attention_mask=part["attention_mask"],
+                pixel_values=part.get("pixel_values"),
+                image_grid_thw=part.get("image_grid_thw"),
+                position_ids=positions,
+                past_key_values=cache,
+                use_cache=True,
+            ).last_hidden_state
+            last.append(self.model.lm_head(hidden[:, -1]))
+            for layer, (k, v) in enumerate(cache_tensors(cache)):
+                self.keys[layer][start:stop, :, length - width : length] = k
+                self.values[layer][start:stop, :, length - width : length] = v
+            state["position"][start:stop] = lengths[start:stop] + deltas.view(-1).to(self.device)
+        state["pad"].copy_((length - lengths)[:, None])
+        state["slot"].fill_(length)
+        state["step"].fill_(0)
+        state["done"].zero_()
+        return torch.cat(last)
+
+    def _pick(self, logits: torch.Tensor, state: dict[str, torch.Tensor]) -> None:
+        """Greedy choice from raw logits (B, V): EOS is barred before min_new tokens, as in
+        transformers; the log-prob is of the raw logits. Advances the step counter."""
+        logits = logits.float()
+        logprobs = torch.log_softmax(logits, dim=-1)
+        barred = torch.zeros_like(logits[0], dtype=torch.bool).index_fill_(0, self.eos, True)
+        barred = barred & (state["step"] < state["min_new"])
+        token = logits.masked_fill(barred, float("-inf")).argmax(-1)
+        state["token"].copy_(token)
+        state["logprob"].copy_(logprobs.gather(1, token[:, None])[:, 0])
+        state["done"] |= torch.isin(token, self.eos)
+        state["step"] += 1
+
+    def _step(self, state: dict[str, torch.Tensor]) -> None:
+        """Feed state['token'] at state['slot'], choose the next token. Fixed shapes, no sync."""
+        rows = state["token"].shape[0]
+        hidden = self.lm.embed_tokens(state["token"])[:, None]  # (B, 1, D)
+        freqs = state["position"][:, None].float() * self.inv_freq  # (B, head_dim/2)
+        angles = torch.cat((freqs, freqs), dim=-1)[:, None, None]  # (B, 1, 1, head_dim)
+        cos = (angles.cos() * self.rope_scale).to(self.dtype)
+        sin = (angles.sin() * self.rope_scale).to(self.dtype)
+        arange = state["arange"]  # (1, S): the cache may be longer than this batch needs
+        slots = arange.shape[1]
+        visible = (arange >= state["pad"]) & (arange <= state["slot"])  # (B, S)
+        mask = visible[:, None, None]
+        for i, layer in enumerate(self.lm.layers):
+            attn = layer.self_attn
+            x = layer.input_layernorm(hidden)
+            q = attn.q_proj(x).view(rows, self.heads, 1, self.head_dim)
+            k = attn.k_proj(x).view(rows, self.kv_heads, 1, self.head_dim)
+            v = attn.v_proj(x).view(rows, self.kv_heads, 1, self.head_dim)
+            q, k = rotate(q, cos, sin), rotate(k, cos, sin)
+            keys, values = self.keys[i][:rows, :, :slots], self.values[i][:rows, :, :slots]
+            keys.index_copy_(2, state["slot"], k)
+            values.index_copy_(2, state["slot"], v)
+            # The query heads sharing a kv head form its "query length": no repeat of K/V
+            q = q.view(rows, self.kv_heads, self.heads // self.kv_heads, self.head_dim)
+            out = F.scaled_dot_product_attention(
+                q, keys, values, attn_mask=mask, scale=attn.scaling
+            )
+            hidden = hidden + attn.o_proj(out.reshape(rows, 1, self.heads * self.head_dim))
+            hidden = hidden + layer.mlp(layer.post_attention_layernorm(hidden))
+        logits = self.model.lm_head(self.lm.norm(hidden)[:, 0])
+        self._pick(logits, state)
+        state["position"] += 1
+        state["slot"] += 1
+
+    def _graph_step(self, rows: int, slots: int, state: dict[str, torch.Tensor]) -> Any:
+        """A replay function for the decode step of this shape, capturing it on first use."""
+        key = (rows, slots)
+        if key not in self.graphs:
+            saved = {k: v.clone() for k, v in state.items()}
+            stream = torch.cuda.Stream()
+            stream.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(stream):  # warm-up runs allocate outside the graph's pool
+                for _ in range(2):
+                    self._step(state)
+            torch.cuda.current_stream().wait_stream(stream)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                self._step(state)
+            for k, v in saved.items():  # the warm-up advanced the state; capture ran nothing
+                state[k].copy_(v)
+            if len(self.graphs) >= MAX_GRAPHS:
+                self.graphs.pop(next(iter(self.graphs)))
+            self.graphs[key] = (graph, state)
+        return self.graphs[key][0].replay
+
+
+def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotary embedding (the rotate-half form Qwen2 uses); x: (B, H, 1, head_dim)."""
+    half = x.shape[-1] // 2
+    rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+    return x * cos + rotated * sin
+
+
+def cache_tensors(cache: Any) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """(keys, values) per layer, each (B, kv_heads, L, head_dim), across transformers 5.x caches."""
+    if hasattr(cache, "layers"):
+        return [(layer.keys, layer.values) for layer in cache.layers]
+    return list(zip(cache.key_cache, cache.value_cache, strict=True))

@@ -45,9 +45,9 @@ class TrainState:
     epoch: int = 0  # the epoch in progress (0-based)
     batch_in_epoch: int = 0  # micro-batches of ``order`` already consumed
     order: list[list[int]] = field(default_factory=list)
-    micro_batch_size: int = 0  # can shrink after an out-of-memory step
-    grad_accum: int = 0  # grows when micro_batch_size shrinks: same effective batch
-    max_pixels: int = 0  # can shrink after an out-of-memory step (oom.shrink_pixels)
+    # Each micro-batch runs as this many forward passes (1 normally; doubles after an
+    # out-of-memory step): same samples, same effective batch, less activation memory.
+    splits: int = 1
     samples_seen: int = 0
     best_metric: float | None = None
     best_step: int | None = None

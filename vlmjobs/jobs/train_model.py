@@ -1,0 +1,413 @@
+"""The model side of a train job: LoRA attached lean, a loss that never builds full logits,
+and a peak-GPU-memory estimate for preflight.
+
+Three things make the 3B fit a 12 GB card and run faster than the seeds' recipe:
+
+- no fp32 upcast of the frozen weights (peft's ``prepare_model_for_kbit_training`` casts
+  every norm, the embeddings and the whole vision tower to fp32);
+- activation checkpointing of the language model's decoder layers only, non-reentrant,
+  while the frozen vision tower runs once under ``no_grad`` (nothing kept, nothing recomputed);
+- the loss reads the last hidden state at the answer positions only and runs LM head +
+  cross-entropy in chunks, computing the hidden-state gradient in the same pass, so the
+  (tokens x 151,936) logits exist one chunk at a time and are never kept for backward.
+
+The recipe (``jobs/train.py``) calls :func:`prepare_model`, :func:`compute_loss` and
+:func:`estimate_peak_memory`; ``bench/train.py`` measures them on the GPU.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
+
+from vlmjobs.specs.train import LANGUAGE_MODULES, VISION_MODULES, TrainSpec
+
+IGNORE = -100  # label value of positions without loss (prompt, image, padding)
+
+
+# ---------------------------------------------------------------- model preparation
+
+
+def lora_target_regex(targets: list[str], *, vision: bool) -> str:
+    """A regex (peft full-matches it against module names) that scopes LoRA to the language model.
+
+    Leaf names alone would also hit the vision tower's MLP (it has gate/up/down_proj too).
+    """
+    lm = sorted(LANGUAGE_MODULES if "all-linear" in targets else set(targets) & LANGUAGE_MODULES)
+    parts = []
+    if lm:
+        parts.append(rf"language_model\.layers\.\d+\.(?:self_attn|mlp)\.(?:{'|'.join(lm)})")
+    if vision:
+        vis = sorted(VISION_MODULES if "all-linear" in targets else set(targets) & VISION_MODULES)
+        if vis:
+            parts.append(rf"visual\.blocks\.\d+\.(?:attn|mlp)\.(?:{'|'.join(vis)})")
+    if not parts:
+        raise ValueError(f"lora.targets {targets} match no module: name e.g. [q_proj, v_proj]")
+    return rf"(?:.*\.)?(?:{'|'.join(parts)})"
+
+
+def causal_lm(model: nn.Module) -> nn.Module:
+    """The Qwen2_5_VLForConditionalGeneration inside a PeftModel (or the model itself)."""
+    get_base = getattr(model, "get_base_model", None)
+    return get_base() if callable(get_base) else model
+
+
+def prepare_model(model: nn.Module, spec: TrainSpec) -> nn.Module:
+    """Freeze the base, attach LoRA, set activation checkpointing; returns the PeftModel.
+
+    ``model`` is a Qwen2_5_VLForConditionalGeneration as ``vision.model.load_model`` returns
+    it (nf4 / int8 / bf16). Norms, embeddings and the vision tower keep their dtype.
+    """
+    from peft import LoraConfig, get_peft_model
+
+    for param in model.parameters():
+        param.requires_grad_(False)
+    for module in model.modules():
+        # bitsandbytes on AVX512-BF16 CPUs repacks 4-bit weights in place during no-grad
+        # passes; a training step after any eval then fails (PLATFORM.md).
+        if hasattr(module, "support_avx512bf16_for_cpu"):
+            module.support_avx512bf16_for_cpu = False
+    model.config.use_cache = False
+    lora = spec.lora
+    config = LoraConfig(
+        r=lora.r,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        bias="none",
+        target_modules=lora_target_regex(lora.targets, vision=lora.vision),
+        task_type="CAUSAL_LM",
+    )
+    peft_model = get_peft_model(model, config)
+    inner = causal_lm(peft_model).model
+    if spec.gradient_checkpointing != "none":
+        _checkpoint_layers(inner.language_model.layers)
+    if spec.gradient_checkpointing == "all" and lora.vision:
+        _checkpoint_layers(inner.visual.blocks)
+    if not lora.vision:
+        # Frozen tower, frozen inputs: nothing there needs autograd; say so explicitly so no
+        # input-grad hook can make it keep 32 layers of activations.
+        inner.visual.forward = torch.no_grad()(inner.visual.forward)
+    if getattr(inner.visual.config, "_attn_implementation", "sdpa") == "sdpa":
+        group_vision_windows(inner.visual)
+    return peft_model
+
+
+def _checkpoint_layers(layers: nn.ModuleList) -> None:
+    """Recompute these layers in backward (transformers' GradientCheckpointingLayer hook).
+
+    Non-reentrant: gradients reach the LoRA weights inside even though the layer inputs
+    (frozen embeddings) do not require grad, so no ``enable_input_require_grads`` is needed.
+    """
+    for layer in layers:
+        layer.gradient_checkpointing = True
+        layer._gradient_checkpointing_func = partial(checkpoint, use_reentrant=False)
+
+
+# ---------------------------------------------------------------- vision attention
+
+
+def group_vision_windows(visual: nn.Module) -> None:
+    """Run the vision tower's windowed SDPA attention as a few batched calls.
+
+    transformers' SDPA path loops over windows: ~70 tiny attention calls per image in each
+    of 28 window layers. Windows of equal length (all interior ones) are stacked into one
+    call instead; the result is the same attention, to rounding.
+    """
+    shared: list[tuple[Tensor, list[tuple[Tensor, int, int]]]] = []
+    for block in visual.blocks:
+        block.attn.forward = partial(_grouped_attention_forward, block.attn, shared)
+
+
+def _length_groups(cu_seqlens: Tensor) -> list[tuple[Tensor, int, int]]:
+    """(token index, count, length) for each distinct sequence length in ``cu_seqlens``."""
+    bounds = cu_seqlens.tolist()
+    by_length: dict[int, list[int]] = {}
+    for start, end in zip(bounds[:-1], bounds[1:], strict=True):
+        if end > start:
+            by_length.setdefault(end - start, []).append(start)
+    groups = []
+    for length, starts in by_length.items():
+        first = torch.tensor(starts, device=cu_seqlens.device)
+        idx = (first[:, None] + torch.arange(length, device=cu_seqlens.device)).reshape(-1)
+        groups.append((idx, len(starts), length))
+    return groups
+
+
+def _grouped_attention_forward(
+    self: nn.Module,
+    groups_cache: list[tuple[Tensor, list[tuple[Tensor, int, int]]]],
+    hidden_states: Tensor,
+    cu_seqlens: Tensor,
+    position_embeddings: tuple[Tensor, Tensor] | None = None,
+    **kwargs: Any,
+) -> Tensor:
+    """Qwen2_5_VLVisionAttention.forward, with same-length sequences batched."""
+    from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import apply_rotary_pos_emb_vision
+
+    seq = hidden_states.shape[0]
+    qkv = self.qkv(hidden_states).reshape(seq, 3, self.num_heads, -1).permute(1, 0, 2, 3)
+    assert position_embeddings is not None, "Qwen2.5-VL vision attention needs rotary embeddings"
+    q, k = apply_rotary_pos_emb_vision(qkv[0], qkv[1], *position_embeddings)
+    v = qkv[2]
+    # Group once per vision forward: all window layers get the same cu_seqlens object, all
+    # full-attention layers another; the blocks share this cache of the last two.
+    groups = next((g for cu, g in groups_cache if cu is cu_seqlens), None)
+    if groups is None:
+        groups = _length_groups(cu_seqlens)
+        groups_cache[:] = [*groups_cache[-1:], (cu_seqlens, groups)]
+    out = torch.empty_like(q)
+    heads, dim = q.shape[1], q.shape[2]
+    for idx, count, length in groups:
+        # (tokens, heads, dim) -> (count, heads, length, dim)
+        qg, kg, vg = (t[idx].view(count, length, heads, dim).transpose(1, 2) for t in (q, k, v))
+        og = F.scaled_dot_product_attention(qg, kg, vg, scale=self.scaling)
+        out[idx] = og.transpose(1, 2).reshape(count * length, heads, dim)
+    return self.proj(out.reshape(seq, -1))
+
+
+# ---------------------------------------------------------------- loss
+
+
+def compute_loss(
+    model: nn.Module, batch: dict[str, Tensor], *, chunk_size: int = 1024
+) -> tuple[Tensor, int]:
+    """Mean cross-entropy over label tokens, and how many there were.
+
+    ``batch``: what ``vision.inputs.build_inputs`` returns (input_ids, attention_mask,
+    pixel_values, image_grid_thw, mm_token_type_ids, labels (B, T) with -100 off the answer).
+    Same value as transformers' ``model(**batch).loss`` (labels shifted by one), but the LM
+    head runs only on the N positions whose next token is a label, ``chunk_size`` rows at a
+    time. With zero label tokens the loss is a zero that still backpropagates.
+    """
+    labels = batch["labels"]
+    inputs = {key: value for key, value in batch.items() if key != "labels"}
+    lm = causal_lm(model)
+    hidden = lm.model(**inputs, use_cache=False, return_dict=True).last_hidden_state  # (B,T,H)
+    targets = labels[:, 1:]
+    keep = targets != IGNORE
+    n = int(keep.sum())
+    if n == 0:
+        return hidden.sum() * 0.0, 0
+    rows = hidden[:, :-1][keep]  # (N, H): the positions that predict a label
+    loss_sum = linear_cross_entropy(rows, lm.lm_head.weight, targets[keep], chunk_size)
+    return loss_sum / n, n
+
+
+def linear_cross_entropy(
+    hidden: Tensor, weight: Tensor, targets: Tensor, chunk_size: int
+) -> Tensor:
+    """sum_i CE(hidden_i @ weight.T, targets_i) in fp32, ``chunk_size`` rows of logits at a time.
+
+    hidden (N, H), weight (V, H), targets (N,). A frozen ``weight`` (the usual case: tied
+    embeddings) takes the fused path, which needs one matmul less than recomputing.
+    """
+    if weight.requires_grad:
+        total = hidden.new_zeros((), dtype=torch.float32)
+        for start in range(0, hidden.shape[0], chunk_size):
+            rows = slice(start, start + chunk_size)
+            total = total + checkpoint(
+                _chunk_ce_sum, hidden[rows], weight, targets[rows], use_reentrant=False
+            )
+        return total
+    return _FusedLinearCrossEntropy.apply(hidden, weight, targets, chunk_size)
+
+
+def _chunk_ce_sum(hidden: Tensor, weight: Tensor, targets: Tensor) -> Tensor:
+    logits = F.linear(hidden, weight).float()
+    return F.cross_entropy(logits, targets, reduction="sum")
+
+
+class _FusedLinearCrossEntropy(torch.autograd.Function):
+    """Loss and d(loss)/d(hidden) in one pass over the chunks; only (N, H) is kept for backward.
+
+    d CE / d logits = softmax - onehot, so d CE / d hidden = (softmax - onehot) @ weight:
+    computed while the chunk's logits exist, then scaled by the incoming gradient.
+    """
+
+    @staticmethod
+    def forward(
+        ctx: Any, hidden: Tensor, weight: Tensor, targets: Tensor, chunk_size: int
+    ) -> Tensor:
+        need_grad = ctx.needs_input_grad[0]
+        grad = torch.empty_like(hidden) if need_grad else None
+        total = hidden.new_zeros((), dtype=torch.float32)
+        for start in range(0, hidden.shape[0], chunk_size):
+            rows = slice(start, start + chunk_size)
+            y = targets[rows]
+            logits = F.linear(hidden[rows], weight).float()  # (c, V), as HF: matmul, then fp32
+            lse = torch.logsumexp(logits, dim=-1)
+            total += (lse - logits.gather(1, y[:, None]).squeeze(1)).sum()
+            if grad is not None:
+                probs = logits.sub_(lse[:, None]).exp_()  # in place: one (c, V) fp32 buffer
+                probs[torch.arange(len(y), device=y.device), y] -= 1.0
+                grad[rows] = probs.to(weight.dtype) @ weight
+        ctx.save_for_backward(grad if grad is not None else hidden.new_empty(0))
+        return total
+
+    @staticmethod
+    def backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor | None, None, None, None]:
+        (grad,) = ctx.saved_tensors
+        return (grad.float() * grad_out).to(grad.dtype), None, None, None
+
+
+# ---------------------------------------------------------------- memory estimate
+
+GIB = 2**30
+# Bytes per weight of the language model's linear layers, by quantization. nf4: 4 bits plus
+# one 8-bit absmax per 64 weights and an fp32 one per 256 blocks (double quantization).
+WEIGHT_BYTES = {"nf4": 0.5 + 1 / 64 + 4 / (64 * 256), "int8": 1.0 + 4 / 4096, "none": 2.0}
+# fp32 LoRA weight + grad + AdamW's two moments.
+LORA_STATE_BYTES = 16
+# Activations kept by one decoder layer per token, in bytes per hidden / per MLP channel
+# (bf16 hidden, fp32 norms, q/k/v, LoRA inputs; gate, up, act(gate), product).
+LAYER_BYTES_PER_HIDDEN = 16.0
+LAYER_BYTES_PER_INTERMEDIATE = 8.0
+# Transient bytes per vision patch in the frozen tower (no_grad: nothing kept), per channel.
+VISION_BYTES_PER_CHANNEL = 6.0
+# Loss chunk: bf16 logits, their fp32 copy turned into probabilities, bf16 cast for the matmul.
+LOSS_BYTES_PER_LOGIT = 8
+# Allocated -> what the card must hold: the CUDA context and the caching allocator's slack.
+CUDA_CONTEXT_GIB = 0.5
+ALLOCATOR_SLACK = 0.10
+
+
+@dataclass
+class MemoryEstimate:
+    """Peak GPU memory of one training step, with the arithmetic that produced it."""
+
+    lines: list[str]  # one line per term, "name: formula = x.xx GiB"
+    total_gib: float  # what the card must hold: allocated peak + context + allocator slack
+    allocated_gib: float  # torch.cuda.max_memory_allocated() the step should reach
+
+
+def architecture(config: Any) -> dict[str, int]:
+    """Sizes of a Qwen2_5_VLConfig that the estimate needs (n_params for estimate_peak_memory)."""
+    text = getattr(config, "text_config", config)
+    vis = config.vision_config
+    hidden, inter, layers = text.hidden_size, text.intermediate_size, text.num_hidden_layers
+    kv = hidden // text.num_attention_heads * text.num_key_value_heads
+    vh, vi = vis.hidden_size, vis.intermediate_size
+    merged = vh * vis.spatial_merge_size**2
+    tied = getattr(config, "tie_word_embeddings", False) or getattr(
+        text, "tie_word_embeddings", False
+    )
+    return {
+        "hidden": hidden,
+        "intermediate": inter,
+        "layers": layers,
+        "kv_dim": kv,
+        "vocab": text.vocab_size,
+        "lm_linear": layers * (2 * hidden * hidden + 2 * hidden * kv + 3 * hidden * inter),
+        "embed": text.vocab_size * hidden,
+        "lm_head": 0 if tied else text.vocab_size * hidden,
+        # Linear weights of the blocks and the merger, and the patch embedding.
+        "vision": vis.depth * (4 * vh * vh + 3 * vh * vi)
+        + merged * merged
+        + merged * vis.out_hidden_size
+        + vh * 3 * vis.temporal_patch_size * vis.patch_size**2,
+        "vision_hidden": vh,
+        "vision_intermediate": vi,
+    }
+
+
+def lora_params(arch: dict[str, int], targets: list[str], r: int) -> int:
+    """Trainable LoRA params on the language model: r * (d_in + d_out) per target per layer."""
+    h, kv, i = arch["hidden"], arch["kv_dim"], arch["intermediate"]
+    shapes = {
+        "q_proj": (h, h), "k_proj": (h, kv), "v_proj": (h, kv), "o_proj": (h, h),
+        "gate_proj": (h, i), "up_proj": (h, i), "down_proj": (i, h),
+    }  # fmt: skip
+    names = shapes if "all-linear" in targets else [t for t in targets if t in shapes]
+    return arch["layers"] * sum(r * sum(shapes[name]) for name in names)
+
+
+def estimate_peak_memory(
+    spec: TrainSpec,
+    max_image_tokens: int,
+    max_text_tokens: int,
+    *,
+    n_params: dict[str, int] | None = None,
+) -> MemoryEstimate:
+    """Peak GPU memory of a step on the largest sample, repeated micro_batch_size times.
+
+    ``max_image_tokens``: merged image tokens of the largest image (pixels / 28^2);
+    ``max_text_tokens``: prompt + answer + template tokens. ``n_params``: from
+    :func:`architecture`; read from ``spec.model.path``'s config.json when None.
+    Vision LoRA is not modelled (its activations are counted as for a frozen tower).
+    """
+    arch = n_params or architecture(_load_config(spec.model.path))
+    bs, h = spec.micro_batch_size, arch["hidden"]
+    tokens = bs * (max_image_tokens + max_text_tokens)
+    lines: list[str] = []
+
+    def term(name: str, formula: str, value: float) -> float:
+        lines.append(f"{name}: {formula} = {value / GIB:.2f} GiB")
+        return value
+
+    quant = spec.model.quantization
+    weights = term(
+        f"language-model linear weights ({quant})",
+        f"{arch['lm_linear']:,} x {WEIGHT_BYTES[quant]:.3f} B",
+        arch["lm_linear"] * WEIGHT_BYTES[quant],
+    )
+    other = arch["embed"] + arch["lm_head"] + arch["vision"]
+    weights += term("embeddings + LM head + vision tower (bf16)", f"{other:,} x 2 B", other * 2)
+    n_lora = lora_params(arch, spec.lora.targets, spec.lora.r)
+    weights += term(
+        "LoRA + grads + AdamW (fp32)", f"{n_lora:,} x {LORA_STATE_BYTES} B", n_lora * 16
+    )
+    per_layer = LAYER_BYTES_PER_HIDDEN * h + LAYER_BYTES_PER_INTERMEDIATE * arch["intermediate"]
+    if spec.gradient_checkpointing == "none":
+        kept = term(
+            "activations, every layer",
+            f"{tokens:,} tokens x {arch['layers']} layers x {per_layer:,.0f} B",
+            tokens * arch["layers"] * per_layer,
+        )
+        recompute = 0.0
+    else:
+        kept = term(
+            "checkpointed layer inputs (bf16)",
+            f"{tokens:,} tokens x {arch['layers']} layers x {2 * h} B",
+            tokens * arch["layers"] * 2 * h,
+        )
+        recompute = term(
+            "one layer recomputed in backward",
+            f"{tokens:,} tokens x {per_layer:,.0f} B",
+            tokens * per_layer,
+        )
+    rows = min(spec.loss_chunk_size, bs * max_text_tokens)
+    loss = term(
+        "loss chunk", f"{rows:,} rows x {arch['vocab']:,} x {LOSS_BYTES_PER_LOGIT} B",
+        rows * arch["vocab"] * LOSS_BYTES_PER_LOGIT,
+    )  # fmt: skip
+    patches = bs * max_image_tokens * 4  # 2x2 patches merge into one token
+    vis_channels = 6 * arch["vision_hidden"] + 3 * arch["vision_intermediate"]
+    vision = term(
+        "vision tower, transient (no_grad)",
+        f"{patches:,} patches x {vis_channels:,} x {VISION_BYTES_PER_CHANNEL:.0f} B",
+        patches * vis_channels * VISION_BYTES_PER_CHANNEL,
+    )
+    # The tower runs before the language model keeps anything; the loss chunk before backward.
+    peak = weights + max(vision, kept + max(loss, recompute))
+    allocated = peak / GIB
+    total = allocated * (1 + ALLOCATOR_SLACK) + CUDA_CONTEXT_GIB
+    lines.append(
+        f"peak allocated: weights + max(vision, kept + max(loss, recompute)) = {allocated:.2f} GiB"
+    )
+    lines.append(
+        f"card needs: {allocated:.2f} x {1 + ALLOCATOR_SLACK:.2f} + {CUDA_CONTEXT_GIB} GiB "
+        f"context = {total:.2f} GiB"
+    )
+    return MemoryEstimate(lines=lines, total_gib=round(total, 2), allocated_gib=round(allocated, 2))
+
+
+def _load_config(path: str) -> Any:
+    from transformers import AutoConfig
+
+    return AutoConfig.from_pretrained(path)

@@ -13,6 +13,7 @@ from transformers import (
 )
 
 from vlmjobs.vision.generate import Generator, cut_at_eos, images_of_rows, slice_batch
+from vlmjobs.vision.static_decode import batched_vision_attention
 
 SPECIAL = [
     "<|endoftext|>",
@@ -221,3 +222,24 @@ def test_static_engine_equals_hf_greedy(tiny, rows, max_batch: int, new: int, mi
         assert [g.prompt_tokens for g in out] == [g.prompt_tokens for g in hf]
         for a, b in zip(out, hf, strict=True):
             torch.testing.assert_close(a.logprobs, b.logprobs, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize(
+    "grids",
+    [
+        [(16, 20)],  # case: one image, several windows, partial ones at the edges
+        [(4, 6), (16, 8), (10, 14)],  # case: images of different sizes
+        [(8, 8), (8, 8)],  # case: equal windows and images: the unmasked SDPA call
+    ],
+)
+def test_batched_vision_attention_equals_transformers(tiny, grids: list[tuple[int, int]]) -> None:
+    model, _ = tiny
+    g = torch.Generator().manual_seed(1)
+    pixels = torch.randn(sum(h * w for h, w in grids), 3 * 2 * 14 * 14, generator=g)
+    thw = torch.tensor([[1, h, w] for h, w in grids])
+    with torch.no_grad():
+        expected = model.model.visual(pixels, grid_thw=thw).pooler_output
+        with batched_vision_attention(model.model.visual):
+            got = model.model.visual(pixels, grid_thw=thw).pooler_output
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+    assert "forward" not in vars(model.model.visual.blocks[0].attn)  # restored

@@ -18,13 +18,19 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import torch
 from PIL import Image
 
 from vlmjobs.errors import DataError
+from vlmjobs.specs.train import TrainSpec
 from vlmjobs.vision.frames import FACTOR, input_size
+from vlmjobs.vision.inputs import build_inputs
+
+if TYPE_CHECKING:  # TEMPORARY until vision/manifest.py lands: keeps this module importable
+    from vlmjobs.vision.manifest import Manifest
 
 # Batches sorted by length are formed inside windows of this many micro-batches, so
 # that grouping cuts padding while the order stays random across the epoch.
@@ -166,3 +172,93 @@ def split_batches(batches: list[list[int]]) -> list[list[int]]:
         half = math.ceil(len(batch) / 2)
         out += [part for part in (batch[:half], batch[half:]) if part]
     return out
+
+
+# ---------------------------------------------------------------- a train job's data
+
+
+@dataclass
+class TrainData:
+    train: list[Sample]
+    val: list[Sample]
+    manifest: Manifest  # carried into the adapter: what infer must do to match training
+
+
+def load_data(spec: TrainSpec) -> TrainData:
+    """Train/val samples and the manifest, from clean's output dir or one JSONL file."""
+    directory = spec.data_dir()
+    if directory is not None:
+        manifest = read_manifest(directory / "manifest.json")
+        check_frame(manifest, spec)
+        train = read_samples(directory / "train.jsonl", system=manifest.system)
+        val_path = Path(spec.data.val_path) if spec.data.val_path else directory / "val.jsonl"
+        val = read_samples(val_path, system=manifest.system) if val_path.is_file() else []
+    else:
+        path = Path(spec.data.path).expanduser()
+        train = read_samples(path, system=spec.data.system)
+        if spec.data.val_path:
+            val = read_samples(Path(spec.data.val_path).expanduser(), system=spec.data.system)
+        else:
+            train, val = split_off(train, spec.data.val_fraction, spec.seed)
+        manifest = manifest_for_jsonl(spec, train)
+    if spec.data.max_samples:
+        train = train[: spec.data.max_samples]
+    return TrainData(train, val[: spec.eval.max_samples], manifest)
+
+
+def read_manifest(path: Path) -> Manifest:
+    if not path.is_file():
+        raise DataError(f"{path} is missing: data.path must be a clean job's output directory")
+    from vlmjobs.vision.manifest import Manifest
+
+    return Manifest.load(path)
+
+
+def check_frame(manifest: Manifest, spec: TrainSpec) -> None:
+    """The targets' boxes are pixels of the frame clean resized to: training must see the same."""
+    ours = (spec.model.min_pixels, spec.model.max_pixels)
+    theirs = (manifest.min_pixels, manifest.max_pixels)
+    if ours != theirs:
+        raise DataError(
+            f"data was cleaned for min/max pixels {theirs} but model.min_pixels/max_pixels "
+            f"are {ours}: the boxes in the targets would be in the wrong frame; set "
+            f"model.min_pixels: {theirs[0]} and model.max_pixels: {theirs[1]}"
+        )
+
+
+def manifest_for_jsonl(spec: TrainSpec, train: list[Sample]) -> Manifest:
+    """A manifest for prefix/suffix JSONL data (no clean job wrote one)."""
+    from vlmjobs.vision.manifest import Manifest
+
+    return Manifest(
+        base_model=spec.model.path,
+        min_pixels=spec.model.min_pixels,
+        max_pixels=spec.model.max_pixels,
+        task=spec.data.task or "custom",
+        prompt=train[0].prompt if len({s.prompt for s in train}) == 1 else None,
+        system=spec.data.system,
+    )
+
+
+def sample_lengths(samples: list[Sample], processor: Any, spec: TrainSpec) -> list[int]:
+    """Tokens per sample (image patches + prompt + answer): what length grouping sorts by."""
+    texts = [s.prompt + s.answer for s in samples]
+    text_tokens = [len(ids) for ids in processor.tokenizer(texts)["input_ids"]]
+    lo, hi = spec.model.min_pixels, spec.model.max_pixels
+    return [t + image_tokens(s, lo, hi) for s, t in zip(samples, text_tokens, strict=True)]
+
+
+def collate(processor: Any, samples: list[Sample], device: str) -> dict[str, torch.Tensor]:
+    """One micro-batch: chat template, image patches, labels on the answer tokens only."""
+    images = []
+    for sample in samples:
+        with Image.open(sample.image) as image:
+            images.append(image.convert("RGB"))
+    batch = build_inputs(
+        processor,
+        images,
+        [s.prompt for s in samples],
+        system=samples[0].system,
+        answers=[s.answer for s in samples],
+    )
+    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}

@@ -1,0 +1,392 @@
+"""The train recipe: QLoRA fine-tuning of Qwen2.5-VL, resumable after any crash.
+
+    setup    read the data, preflight the memory, load + prepare the model, build the
+             optimizer and schedule, resume from the newest complete checkpoint
+    train    flat loop: one optimizer step = grad_accum micro-batches, token-weighted
+    eval     validation loss (+ generated task metrics), best metric, early stopping
+    save     checkpoints (atomic, keep-last-k + best), then the adapter that infer loads
+    cleanup  free the model; the result names the adapter
+
+The model side (LoRA attachment, chunked loss, memory estimate) is ``train_model.py``;
+data and batch order ``train_data.py``; checkpoints ``train_ckpt.py``; metrics
+``evaluate.py``; the evaluation loop ``train_eval.py``.
+"""
+
+from __future__ import annotations
+
+import gc
+import math
+import random
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from vlmjobs import settings
+from vlmjobs.errors import PreflightError
+from vlmjobs.jobs import train_ckpt as ckpt
+from vlmjobs.jobs.context import JobContext
+from vlmjobs.jobs.train_data import (
+    Sample,
+    TrainData,
+    collate,
+    epoch_batches,
+    image_tokens,
+    load_data,
+    sample_lengths,
+)
+from vlmjobs.jobs.train_eval import evaluate
+from vlmjobs.jobs.train_model import (
+    MemoryEstimate,
+    compute_loss,
+    estimate_peak_memory,
+    prepare_model,
+)
+from vlmjobs.specs.train import TrainSpec
+from vlmjobs.vision.manifest import Manifest
+from vlmjobs.vision.model import load_model
+
+
+def run(spec: TrainSpec, ctx: JobContext) -> dict[str, Any]:
+    # ---- setup: data and preflight before anything touches the GPU
+    data = load_data(spec)
+    splits = preflight(spec, data, ctx)
+    # The worker keeps one resident base model; a differently keyed entry evicts it, so
+    # an idle inference model does not sit beside the training one on a 12 GB card.
+    ctx.resident("train:no-resident-model", lambda: None)
+    seed_everything(spec.seed)
+    model, processor = load_model(spec.model, device=ctx.device, for_training=True)
+    model = prepare_model(model, spec)
+    lengths = sample_lengths(data.train, processor, spec)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=spec.optim.lr, weight_decay=spec.optim.weight_decay)
+    total = total_steps(spec, len(data.train))
+    warmup = spec.optim.warmup_steps
+    if warmup is None:
+        warmup = round(spec.optim.warmup_ratio * total)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: lr_factor(step, warmup, total, spec.optim.schedule)
+    )
+    root = ctx.workdir / "checkpoints"
+    state = resume_or_start(spec, ctx, root, model, optimizer, scheduler, lengths, splits)
+
+    # ---- train: one iteration = one optimizer step over grad_accum micro-batches
+    model.train()
+    while state.step < total:
+        if ctx.should_stop():
+            path = save(spec, ctx, root, model, optimizer, scheduler, state, {})
+            ctx.event(f"stop requested: checkpointed step {state.step} at {path.name}")
+            return {"stopped": True, "steps": state.step, "total_steps": total}
+        step_batches = state.order[state.batch_in_epoch : state.batch_in_epoch + spec.grad_accum]
+        started = time.perf_counter()
+        loss, n_samples = train_step(model, processor, data.train, step_batches, spec, ctx, state)
+        torch.nn.utils.clip_grad_norm_(trainable, spec.optim.max_grad_norm or math.inf)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        state.step += 1
+        state.batch_in_epoch += len(step_batches)
+        state.samples_seen += n_samples
+        record_step(ctx, state, loss, scheduler, n_samples / (time.perf_counter() - started), total)
+
+        # ---- epoch end: the next epoch's order goes into the checkpoint written below
+        epoch_end = state.batch_in_epoch >= len(state.order)
+        if epoch_end:
+            state.epoch += 1
+            state.batch_in_epoch = 0
+            state.order = epoch_batches(
+                lengths, spec.micro_batch_size, spec.seed, state.epoch, spec.data.group_by_length
+            )
+        # ---- eval: validation loss and task metrics; the best metric picks a checkpoint
+        every = spec.eval.every_steps
+        metrics: dict[str, float] = {}
+        if data.val and (epoch_end or state.step == total or (every and state.step % every == 0)):
+            metrics = evaluate(model, processor, data.val, data.manifest, spec, ctx.device)
+            ctx.metrics({f"val_{k}": v for k, v in metrics.items()}, step=state.step)
+            model.train()
+        # ---- save: periodic, at each epoch end, and at the last step
+        if epoch_end or state.step == total or state.step % spec.checkpoint.every_steps == 0:
+            save(spec, ctx, root, model, optimizer, scheduler, state, metrics)
+        patience = spec.eval.early_stopping_patience
+        if metrics and patience and state.evals_since_best >= patience:
+            ctx.event(
+                f"early stop at step {state.step}: no better {spec.eval.metric} in {patience}"
+            )
+            break
+
+    # ---- final adapter + cleanup
+    adapter = write_adapter(ctx.workdir / "adapter", model, processor, data.manifest, spec)
+    merged = merge_export(spec, adapter, ctx) if spec.merge_export else None
+    del model, optimizer
+    free_memory()
+    return result_of(state, total, adapter, merged, root)
+
+
+# ---------------------------------------------------------------- setup
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def preflight(spec: TrainSpec, data: TrainData, ctx: JobContext) -> int:
+    """Check the memory plan before loading the model; the micro-batch split it needs."""
+    splits, estimate = plan_memory(spec, data.train)
+    arithmetic = "\n".join(estimate.lines)
+    mbs = math.ceil(spec.micro_batch_size / splits)
+    ctx.event(f"preflight: micro-batch {mbs} -> {estimate.total_gib:.1f} GiB\n{arithmetic}")
+    return splits
+
+
+def plan_memory(spec: TrainSpec, train: list[Sample]) -> tuple[int, MemoryEstimate]:
+    """(splits, estimate): how many parts each micro-batch must run in to fit the card.
+
+    Estimated on the largest image and longest text of the data. With
+    preflight.on_exceed refuse (or nothing left to shrink), a PreflightError shows the
+    arithmetic.
+    """
+    lo, hi = spec.model.min_pixels, spec.model.max_pixels
+    max_image = max(image_tokens(s, lo, hi) for s in train)
+    # Characters / 3 over-counts tokens of English prompts and JSON answers, plus the
+    # chat template's ~30: an upper bound is what a refusal should rest on.
+    max_text = max(len(s.prompt) + len(s.answer) + len(s.system or "") for s in train) // 3 + 30
+    splits = 1
+    while True:
+        mbs = math.ceil(spec.micro_batch_size / splits)
+        estimate = estimate_peak_memory(
+            spec.model_copy(update={"micro_batch_size": mbs}), max_image, max_text
+        )
+        if estimate.total_gib <= spec.preflight.gpu_memory_gib:
+            return splits, estimate
+        if spec.preflight.on_exceed == "refuse" or mbs <= spec.oom.min_micro_batch:
+            arithmetic = "\n  ".join(estimate.lines)
+            raise PreflightError(
+                f"estimated peak GPU memory {estimate.total_gib:.2f} GiB at micro-batch {mbs} "
+                f"exceeds preflight.gpu_memory_gib {spec.preflight.gpu_memory_gib} "
+                f"(largest image {max_image} tokens, longest text ~{max_text}):\n  {arithmetic}\n"
+                "lower micro_batch_size or model.max_pixels, set gradient_checkpointing: "
+                "language, or set preflight.on_exceed: adjust"
+            )
+        splits *= 2
+
+
+def total_steps(spec: TrainSpec, n_train: int) -> int:
+    if spec.max_steps:
+        return spec.max_steps
+    micro_batches = math.ceil(n_train / spec.micro_batch_size)
+    return spec.epochs * math.ceil(micro_batches / spec.grad_accum)
+
+
+def lr_factor(step: int, warmup: int, total: int, schedule: str) -> float:
+    """Multiplier of the peak lr after ``step`` optimizer steps: linear warm-up, then decay."""
+    if step < warmup:
+        return (step + 1) / (warmup + 1)
+    if schedule == "constant":
+        return 1.0
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    if schedule == "linear":
+        return 1.0 - progress
+    return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def resume_or_start(
+    spec: TrainSpec,
+    ctx: JobContext,
+    root: Path,
+    model: Any,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    lengths: list[int],
+    splits: int,
+) -> ckpt.TrainState:
+    """The newest complete checkpoint's state (weights, optimizer, RNG restored), or step 0."""
+    digest = ckpt.config_hash(spec.model_dump(mode="json"))
+    for partial in ckpt.remove_partial(root):
+        ctx.event(f"removed a checkpoint left half-written: {partial.name}", "warning")
+    found = ckpt.list_checkpoints(root)
+    if found:
+        state = ckpt.load_checkpoint(found[-1], model, optimizer, scheduler, digest)
+        ctx.event(f"resumed from {found[-1].name}: step {state.step}, epoch {state.epoch}")
+        return state
+    order = epoch_batches(lengths, spec.micro_batch_size, spec.seed, 0, spec.data.group_by_length)
+    return ckpt.TrainState(order=order, splits=splits, config_hash=digest)
+
+
+# ---------------------------------------------------------------- train
+
+
+def pieces(batch: list[int], splits: int) -> list[list[int]]:
+    """``batch`` cut into ``splits`` nearly equal consecutive parts (empty ones dropped)."""
+    size = math.ceil(len(batch) / splits)
+    return [batch[i : i + size] for i in range(0, len(batch), size)]
+
+
+def train_step(
+    model: Any,
+    processor: Any,
+    samples: list[Sample],
+    batches: list[list[int]],
+    spec: TrainSpec,
+    ctx: JobContext,
+    state: ckpt.TrainState,
+) -> tuple[float, int]:
+    """Forward + backward over the step's micro-batches; grads hold the token-weighted mean.
+
+    Each micro-batch adds sum-of-token-losses gradients; dividing by the step's token
+    count at the end weighs every answer token equally, whatever the batch it fell in.
+    On GPU out-of-memory the step restarts with micro-batches split in two, down to
+    oom.min_micro_batch; below that the error ends the attempt (the wrapper records it).
+    """
+    while True:
+        try:
+            loss_sum, tokens = 0.0, 0
+            for batch in batches:
+                for part in pieces(batch, state.splits):
+                    inputs = collate(processor, [samples[i] for i in part], ctx.device)
+                    loss, n = compute_loss(model, inputs, chunk_size=spec.loss_chunk_size)
+                    (loss * n).backward()
+                    loss_sum += float(loss.detach()) * n
+                    tokens += n
+            break
+        except torch.OutOfMemoryError:
+            model.zero_grad(set_to_none=True)
+            free_memory()
+            biggest = max(math.ceil(len(b) / state.splits) for b in batches)
+            if biggest <= spec.oom.min_micro_batch:
+                ctx.event(f"GPU out of memory at micro-batch {biggest}: cannot shrink", "error")
+                raise
+            state.splits *= 2
+            ctx.event(
+                f"GPU out of memory at step {state.step + 1} with micro-batch {biggest}: "
+                f"retrying with {math.ceil(biggest / 2)}",
+                "warning",
+            )
+    for param in model.parameters():
+        if param.grad is not None:
+            param.grad.div_(max(tokens, 1))
+    return loss_sum / max(tokens, 1), sum(len(b) for b in batches)
+
+
+def record_step(
+    ctx: JobContext,
+    state: ckpt.TrainState,
+    loss: float,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    samples_per_s: float,
+    total: int,
+) -> None:
+    values = {
+        "loss": loss,
+        "lr": scheduler.get_last_lr()[0],
+        "samples_per_s": samples_per_s,
+        "epoch": state.epoch + state.batch_in_epoch / max(1, len(state.order)),
+    }
+    if torch.cuda.is_available():
+        values["gpu_mem_gib"] = torch.cuda.max_memory_allocated() / 2**30
+    ctx.metrics(values, step=state.step)
+    ctx.progress(state.step, total)
+
+
+def free_memory() -> None:
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+# ---------------------------------------------------------------- save
+
+
+def save(
+    spec: TrainSpec,
+    ctx: JobContext,
+    root: Path,
+    model: Any,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    state: ckpt.TrainState,
+    metrics: dict[str, float],
+) -> Path:
+    """Checkpoint ``state`` (once per step), record its row, and prune old ones."""
+    is_best = False
+    if metrics:
+        value = metrics[spec.eval.metric]
+        better = state.best_metric is None or (
+            value < state.best_metric if spec.eval.mode == "min" else value > state.best_metric
+        )
+        if better:
+            state.best_metric, state.best_step, state.evals_since_best = value, state.step, 0
+        else:
+            state.evals_since_best += 1
+        state.last_metrics = metrics
+        is_best = better
+    target = root / f"{ckpt.PREFIX}{state.step:08d}"
+    if target.exists():
+        return target  # already written at this step (a stop request right after a save)
+    path = ckpt.save_checkpoint(root, model, optimizer, scheduler, state)
+    ctx.record_checkpoint(state.step, path, {"epoch": float(state.epoch), **metrics}, is_best)
+    keep = set()
+    if spec.checkpoint.keep_best and state.best_step is not None:
+        keep.add(root / f"{ckpt.PREFIX}{state.best_step:08d}")
+    for old in ckpt.prune(root, spec.checkpoint.keep_last, keep):
+        ctx.forget_checkpoint(old)
+    return path
+
+
+def write_adapter(
+    out: Path, model: Any, processor: Any, manifest: Manifest, spec: TrainSpec
+) -> Path:
+    """The job's product: PEFT adapter + processor settings + manifest, renamed into place."""
+    tmp = out.with_name(f"{ckpt.TMP_PREFIX}{out.name}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    processor.save_pretrained(tmp)
+    manifest.model_copy(update={"base_model": spec.model.path}).save(tmp / "manifest.json")
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.rename(out)
+    return out
+
+
+def merge_export(spec: TrainSpec, adapter: Path, ctx: JobContext) -> Path:
+    """Base + adapter merged into one plain checkpoint (loaded unquantized: merging into
+    4-bit weights would round the update away)."""
+    free_memory()
+    plain = spec.model.model_copy(update={"quantization": "none", "adapter": str(adapter)})
+    model, processor = load_model(plain, device=ctx.device)
+    out = ctx.workdir / "merged"
+    shutil.rmtree(out, ignore_errors=True)
+    model.merge_and_unload().save_pretrained(out)
+    processor.save_pretrained(out)
+    shutil.copy(adapter / "manifest.json", out / "manifest.json")
+    return out
+
+
+def result_of(
+    state: ckpt.TrainState, total: int, adapter: Path, merged: Path | None, root: Path
+) -> dict[str, Any]:
+    artifacts = settings.artifacts_root().resolve()
+
+    def rel(path: Path) -> str:
+        full = path.resolve()
+        return str(full.relative_to(artifacts)) if full.is_relative_to(artifacts) else str(full)
+
+    result: dict[str, Any] = {
+        "adapter": rel(adapter),
+        "steps": state.step,
+        "total_steps": total,
+        "epochs_done": state.epoch,
+        "samples_seen": state.samples_seen,
+        "metrics": state.last_metrics,
+    }
+    if state.best_step is not None:
+        result["best"] = {"step": state.best_step, "metric": state.best_metric}
+        best = root / f"{ckpt.PREFIX}{state.best_step:08d}" / "adapter"
+        if best.is_dir():
+            result["best_adapter"] = rel(best)
+    if merged is not None:
+        result["merged"] = rel(merged)
+    return result

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 from sqlalchemy import func, select
 
 from vlmjobs.db.models import JobEvent, Metric, Output, Region
 from vlmjobs.db.session import session
+from vlmjobs.worker.context import workdir_for
 
 pytestmark = pytest.mark.slow
 
@@ -52,3 +54,70 @@ def test_submit_runs_to_succeeded(vlmjobs_cli, start_worker, wait_for_state, tmp
     assert detail["state"] == "succeeded" and detail["events"][-1]["message"] == "succeeded"
     log = vlmjobs_cli("logs", str(job_id))
     assert "attempt 1 of 3" in log.stdout
+
+
+def _submit(**fields: object) -> int:
+    from vlmjobs.scheduler.submit import submit
+    from vlmjobs.specs import load_spec
+
+    return submit(load_spec("sleepy", None, [f"{k}={v}" for k, v in fields.items()]))
+
+
+def test_cancel_queued_and_running(vlmjobs_cli, start_worker, wait_for_state):
+    queued = _submit(items=1)
+    assert "cancelled" in vlmjobs_cli("cancel", str(queued)).stdout
+    running = _submit(items=200, sleep_s=0.05)
+    start_worker()
+    wait_for_state(running, {"running"}, timeout=20)
+    time.sleep(0.5)
+    res = vlmjobs_cli("cancel", str(running))
+    assert "stopping at its next step" in res.stdout
+    job = wait_for_state(running, {"cancelled"}, timeout=20)
+    kept = _count(Output, running)
+    assert 0 < kept < 200 and job.result == {"items": kept}  # what it produced is kept
+    # The queued one never ran, even though its message may still reach the worker.
+    assert not (workdir_for(queued) / "runs.txt").exists()
+    assert wait_for_state(queued, {"cancelled"}, timeout=1).attempts == 0
+
+
+def test_failure_retry_and_wait_exit_codes(vlmjobs_cli, start_worker, wait_for_state, tmp_path):
+    start_worker()
+    flaky = _submit(items=2, fail="flaky")  # ConnectionError on attempt 1: retried
+    bug = _submit(items=2, fail="value")  # ValueError: a bug, not retried
+    assert wait_for_state(flaky, {"succeeded"}, timeout=30).attempts == 2
+    job = wait_for_state(bug, {"failed"}, timeout=30)
+    assert job.attempts == 1
+    assert job.error == "ValueError: sleepy was told to fail"
+    assert "Traceback" in (job.traceback or "") and "run_sleepy" in job.traceback
+    detail = vlmjobs_cli("status", str(bug))
+    assert "error     ValueError: sleepy was told to fail" in detail.stdout
+
+    assert vlmjobs_cli("retry", str(bug)).exit_code == 0
+    assert wait_for_state(bug, {"failed"}, timeout=30).attempts == 1  # a fresh budget
+    assert len((workdir_for(bug) / "runs.txt").read_text().splitlines()) == 2
+    assert vlmjobs_cli("retry", str(flaky)).exit_code == 1  # succeeded jobs are not retried
+
+    cfg = tmp_path / "ok.yaml"
+    cfg.write_text("items: 2\n")
+    assert vlmjobs_cli("submit", "sleepy", str(cfg), "--wait").exit_code == 0
+    res = vlmjobs_cli("submit", "sleepy", str(cfg), "--set", "fail=value", "--wait")
+    assert res.exit_code == 1 and "ValueError" in res.stderr
+
+
+def test_priority_and_time_limit(start_worker, wait_for_state):
+    busy = _submit(items=5, sleep_s=0.2)
+    low = _submit(items=1, priority=1)
+    high = _submit(items=1, priority=9)
+    limited = _submit(items=100, sleep_s=0.1, time_limit_s=1)
+    start_worker()
+    jobs = {j: wait_for_state(j, {"succeeded", "failed"}, timeout=40) for j in (busy, low, high)}
+    assert jobs[high].started_at < jobs[low].started_at
+    job = wait_for_state(limited, {"failed"}, timeout=30)
+    assert job.error and "time limit" in job.error
+    assert 0 < _count(Output, limited) < 100
+
+
+def test_workers_listing(vlmjobs_cli, start_worker):
+    worker = start_worker()
+    out = vlmjobs_cli("workers").stdout
+    assert f"cpu.{worker.pid}@" in out and "queues=cpu,gpu" in out

@@ -19,7 +19,6 @@ from typing import Any, TypeVar
 import click
 from sqlalchemy import desc, select
 
-from vlmjobs.cli.main import cli
 from vlmjobs.db.models import TERMINAL, Job, JobEvent, Metric, Worker, utcnow
 from vlmjobs.db.session import session
 from vlmjobs.errors import JobNotFound, SpecError, VlmjobsError
@@ -59,6 +58,11 @@ def friendly_errors(f: F) -> F:
             sys.exit(1)
 
     return wrapper  # type: ignore[return-value]
+
+
+# Imported after friendly_errors on purpose: other cli modules import friendly_errors from
+# here while cli.main is importing them, so it must exist before this line runs.
+from vlmjobs.cli.main import cli  # noqa: E402
 
 
 @cli.command()

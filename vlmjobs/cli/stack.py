@@ -24,7 +24,6 @@ from vlmjobs.cli.jobs import friendly_errors
 from vlmjobs.cli.main import cli
 from vlmjobs.errors import VlmjobsError
 
-# Stop order matters: beat and the worker first (the worker re-queues its job), Redis last.
 SERVICES = ("beat", "worker", "redis")
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
@@ -41,12 +40,22 @@ def _pid(service: str) -> int | None:
     if not pid_file.exists():
         return None
     pid = int(pid_file.read_text().strip() or 0)
-    try:
-        os.kill(pid, 0)
-    except (ProcessLookupError, ValueError):
+    if not _alive(pid):
         pid_file.unlink(missing_ok=True)
         return None
     return pid
+
+
+def _alive(pid: int) -> bool:
+    """Running, and not a zombie (a container's PID 1 may reap orphans late)."""
+    try:
+        os.kill(pid, 0)
+    except (ProcessLookupError, ValueError):
+        return False
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return True  # no /proc (macOS): kill(0) said it exists
 
 
 def _spawn(service: str, argv: list[str]) -> int:
@@ -131,11 +140,9 @@ def up() -> None:
     """Start the local stack: Redis, the database, one worker (both queues), beat."""
     from vlmjobs.db.session import ensure_schema, mask_url
 
-    running = [s for s in SERVICES if _pid(s)]
-    if running == ["redis"] or set(running) >= {"worker", "beat"}:
-        if "worker" in running:
-            click.echo(f"already up ({', '.join(running)}); `vlmjobs down` stops it")
-            return
+    if _pid("worker") and _pid("beat"):
+        click.echo("already up; `vlmjobs status` shows jobs, `vlmjobs down` stops it")
+        return
     _start_redis()
     ensure_schema()
     click.echo(f"database: {mask_url(settings.db_url())}")
@@ -153,24 +160,25 @@ def up() -> None:
 @friendly_errors
 def down(timeout: float) -> None:
     """Stop what `vlmjobs up` started (SIGTERM; a running job is re-queued)."""
-    stopped = False
-    for service in SERVICES:
-        pid = _pid(service)
-        if pid is None:
-            continue
-        os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + timeout
-        while _pid(service) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        if _pid(service):
-            os.kill(pid, signal.SIGKILL)
-            click.echo(f"{service}: killed (did not stop within {timeout:.0f} s)")
-        else:
-            click.echo(f"{service}: stopped")
-        (run_dir() / f"{service}.pid").unlink(missing_ok=True)
-        stopped = True
-    if not stopped:
+    running = {s: pid for s in SERVICES if (pid := _pid(s))}
+    if not running:
         click.echo("nothing to stop: the local stack is not up")
+        return
+    # Beat and the worker together (the worker re-queues its job), Redis after them.
+    for group in (("beat", "worker"), ("redis",)):
+        pids = {s: running[s] for s in group if s in running}
+        for pid in pids.values():
+            os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while any(_alive(p) for p in pids.values()) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        for service, pid in pids.items():
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
+                click.echo(f"{service}: killed (did not stop within {timeout:.0f} s)")
+            else:
+                click.echo(f"{service}: stopped")
+            (run_dir() / f"{service}.pid").unlink(missing_ok=True)
 
 
 @cli.command()

@@ -22,7 +22,7 @@ from __future__ import annotations
 import os
 
 from celery import Celery
-from kombu import Queue
+from kombu import Exchange, Queue
 
 from vlmjobs import settings
 
@@ -78,7 +78,7 @@ def get_app(broker_url: str | None = None) -> Celery:
 def _make_app(url: str) -> Celery:
     app = Celery("vlmjobs", broker=url, set_as_current=False)
     app.conf.update(
-        task_queues=[Queue(q, routing_key=q) for q in QUEUES],
+        task_queues=[Queue(q, Exchange(q, type="direct"), routing_key=q) for q in QUEUES],
         task_default_queue="cpu",
         task_serializer="json",
         accept_content=["json"],
@@ -97,6 +97,8 @@ def _make_app(url: str) -> Celery:
             "sep": PRIORITY_SEP,
             "queue_order_strategy": "priority",
         },
+        # Beat also fires the database schedules (`vlmjobs schedule`), in its own process.
+        beat_scheduler="vlmjobs.scheduler.schedule_beat:ScheduleBeat",
         beat_schedule={
             "reconcile": {
                 "task": "vlmjobs.reconcile",

@@ -34,7 +34,7 @@ TINY_GRID, TINY_NEW = (1, 8, 12), 16
 
 
 def synthetic_batch(config, rows: int, grid: tuple[int, int, int], seed: int = 0):
-    """The seed's inputs for our token ids: 45 text, <vision_start>, image, <vision_end>, 45 text."""
+    """The seed's inputs, our token ids: 45 text, <vision_start>, image, <vision_end>, 45 text."""
     from transformers import BatchFeature
 
     g = torch.Generator().manual_seed(seed)
@@ -107,7 +107,9 @@ def sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def run_ours(name: str, arch: str, batch: int, engine: str, tiny: bool, rounds: int = 2) -> dict:
+def run_ours(
+    name: str, arch: str, batch: int, engine: str, tiny: bool, graphs: bool = True, rounds: int = 2
+) -> dict:
     from vlmjobs.vision.generate import Generator
 
     device = "cpu" if tiny else "cuda"
@@ -122,6 +124,8 @@ def run_ours(name: str, arch: str, batch: int, engine: str, tiny: bool, rounds: 
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
     gen = Generator(model, processor, max_batch=batch, engine=engine)
+    if engine == "static" and not graphs:
+        gen._static_decoder().cuda_graphs = False  # the same decode step, launched eagerly
     inputs = synthetic_batch(model.config, batch, grid)
     settings = dict(max_new_tokens=new, min_new_tokens=new)
     t = time.time()
@@ -136,7 +140,8 @@ def run_ours(name: str, arch: str, batch: int, engine: str, tiny: bool, rounds: 
     assert all(len(g.token_ids) == new for g in out), "min_new_tokens did not force the length"
     result = {"config": name, "batch": batch, "new_tokens": new, "engine": gen.engine,
               "images_per_s": round(batch / dt, 3), "new_tokens_per_s": round(batch * new / dt, 1),
-              "s_per_batch": round(dt, 3), "warmup_s": round(warm_s, 1), "load_s": round(load_s, 1)}  # fmt: skip
+              "s_per_batch": round(dt, 3), "warmup_s": round(warm_s, 1),
+              "load_s": round(load_s, 1)}  # fmt: skip
     if device == "cuda":
         result |= {"peak_alloc_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2),
                    "peak_reserved_gib": round(torch.cuda.max_memory_reserved() / 2**30, 2),
@@ -152,7 +157,10 @@ def prefill_split(gen, inputs, total_s: float) -> dict:
     gen.generate(inputs, max_new_tokens=1, min_new_tokens=1)
     torch.cuda.synchronize()
     prefill = time.time() - t
-    return {"prefill_s": round(prefill, 3), "decode_ms_per_step": round((total_s - prefill) / 255 * 1e3, 2)}
+    return {
+        "prefill_s": round(prefill, 3),
+        "decode_ms_per_step": round((total_s - prefill) / 255 * 1e3, 2),
+    }
 
 
 def run_check(name: str, arch: str, batch: int, tiny: bool) -> dict:
@@ -163,26 +171,35 @@ def run_check(name: str, arch: str, batch: int, tiny: bool) -> dict:
     model, processor = random_model(arch, device), tokenizer()
     inputs = synthetic_batch(model.config, batch, TINY_GRID if tiny else GRID, seed=1)
     new = 32
-    hf = Generator(model, processor, engine="hf", max_batch=batch).generate(inputs, max_new_tokens=new)
+    hf = Generator(model, processor, engine="hf", max_batch=batch).generate(
+        inputs, max_new_tokens=new
+    )
     static = Generator(model, processor, engine="static", max_batch=batch)
     ours = static.generate(inputs, max_new_tokens=new)
     prefixes = [common_prefix(a.token_ids, b.token_ids) for a, b in zip(hf, ours, strict=True)]
-    gaps = [abs(x - y) for a, b in zip(hf, ours, strict=True) for x, y in zip(a.logprobs, b.logprobs)]
+    gaps = [  # over the common prefix: after a divergence the tokens differ
+        abs(x - y)
+        for a, b, n in zip(hf, ours, prefixes, strict=True)
+        for x, y in zip(a.logprobs[:n], b.logprobs[:n], strict=True)
+    ]
     return {"config": name, "batch": batch, "new_tokens": new, "rows_equal": sum(
         a.token_ids == b.token_ids for a, b in zip(hf, ours, strict=True)),
-        "common_prefix": prefixes, "max_logprob_gap": round(max(gaps), 4)}  # fmt: skip
+        "common_prefix": prefixes, "max_logprob_gap": round(max(gaps, default=0.0), 4)}  # fmt: skip
 
 
 def common_prefix(a: list[int], b: list[int]) -> int:
-    return next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+    return next(
+        (i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b))
+    )
 
 
 def child(args: argparse.Namespace) -> dict:
+    """One config: check_ARCH | ours_ARCH[_hf|_eager] (ARCH: tiny, 3b, 7b)."""
     name = args.run
     if name.startswith("check_"):
         return run_check(name, name.split("_")[1], args.batch[0], args.tiny)
     arch, engine = name.split("_")[1], ("hf" if name.endswith("_hf") else "static")
-    return run_ours(name, arch, args.batch[0], engine, args.tiny)
+    return run_ours(name, arch, args.batch[0], engine, args.tiny, graphs="_eager" not in name)
 
 
 def spawn(argv: list[str], timeout: int) -> list[dict]:
@@ -240,7 +257,8 @@ def main() -> None:
         seed = [sys.executable, str(SEED), "all", *args.seed.split(",")]
         rows += spawn(seed, timeout=args.timeout * 2)
     for name in (args.configs or default).split(","):
-        for batch in args.batch if name.startswith("ours") else args.batch[:1]:
+        name, _, only = name.partition("@")  # ours_7b@16: this config at batch 16 only
+        for batch in [int(only)] if only else args.batch:
             argv = [sys.executable, __file__, "--run", name, "--batch", str(batch)]
             rows += spawn(argv + (["--tiny"] if args.tiny else []), args.timeout)
     print(table(rows))

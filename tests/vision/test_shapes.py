@@ -1,0 +1,113 @@
+"""make_shapes: exact boxes, both annotation layouts, determinism."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from vlmjobs.vision.shapes import COLOURS, SHAPES, make_shapes, size_word
+
+N = 40
+
+
+@pytest.fixture(scope="module")
+def shapes(tmp_path_factory) -> Path:
+    return make_shapes(tmp_path_factory.mktemp("shapes") / "s", n=N, seed=3, duplicates=0.5)
+
+
+def _rows(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def _digest(root: Path) -> str:
+    h = hashlib.sha256()
+    for p in sorted(root.rglob("*")):
+        if p.is_file():
+            h.update(p.relative_to(root).as_posix().encode() + p.read_bytes())
+    return h.hexdigest()
+
+
+def test_boxes_are_the_exact_extent_of_the_drawn_shape(shapes):
+    phrase = re.compile(rf"^a (small|medium|large) ({'|'.join(COLOURS)}) ({'|'.join(SHAPES)})$")
+    for row in _rows(shapes / "truth.jsonl"):
+        pixels = np.asarray(Image.open(shapes / row["image"]).convert("RGB")).astype(int)
+        assert pixels.shape == (row["height"], row["width"], 3)
+        for region in row["regions"]:
+            size, colour, _ = phrase.match(region["phrase"]).groups()
+            x1, y1, x2, y2 = region["bbox"]
+            assert size == size_word(region["bbox"], row["width"], row["height"])
+            # look 3 px around the box: the colour must fill exactly up to the box edges
+            ox, oy = max(0, x1 - 3), max(0, y1 - 3)
+            window = pixels[oy : y2 + 3, ox : x2 + 3]
+            ys, xs = np.nonzero((window == COLOURS[colour]).all(axis=2))
+            assert [xs.min() + ox, ys.min() + oy, xs.max() + ox + 1, ys.max() + oy + 1] == [
+                x1, y1, x2, y2,
+            ], (row["image"], region)  # fmt: skip
+
+
+def test_sizes_are_varied_and_never_multiples_of_28(shapes):
+    rows = _rows(shapes / "truth.jsonl")
+    sizes = {(r["width"], r["height"]) for r in rows}
+    assert len(sizes) == N
+    assert all(200 <= s <= 700 and s % 28 for size in sizes for s in size)
+    counts = {len(r["regions"]) for r in rows}
+    assert counts <= {1, 2, 3, 4, 5} and len(counts) >= 4
+
+
+def test_visual_genome_layout_matches_regions_jsonl(shapes):
+    rows = _rows(shapes / "regions.jsonl")
+    vg = json.loads((shapes / "region_descriptions.json").read_text())
+    images = json.loads((shapes / "image_data.json").read_text())
+    assert [v["id"] for v in vg] == [i["image_id"] for i in images] == list(range(1, N + 1))
+    ids = [r["region_id"] for v in vg for r in v["regions"]]
+    assert len(ids) == len(set(ids))
+    for row, v, info in zip(rows, vg, images, strict=True):
+        assert (info["width"], info["height"], info["url"]) == (
+            row["width"],
+            row["height"],
+            row["image"],
+        )
+        got = [
+            {
+                "bbox": [r["x"], r["y"], r["x"] + r["width"], r["y"] + r["height"]],
+                "phrase": r["phrase"],
+            }
+            for r in v["regions"]
+        ]
+        assert got == row["regions"]
+
+
+def test_duplicates_are_extra_near_copies(shapes):
+    truth, raw = _rows(shapes / "truth.jsonl"), _rows(shapes / "regions.jsonl")
+    extra = 0
+    for t, r in zip(truth, raw, strict=True):
+        assert r["regions"][: len(t["regions"])] == t["regions"]
+        for dup in r["regions"][len(t["regions"]) :]:
+            extra += 1
+            near = [
+                g
+                for g in t["regions"]
+                if max(abs(a - b) for a, b in zip(g["bbox"], dup["bbox"], strict=True)) <= 3
+            ]
+            assert near and dup["phrase"].split()[-1] == near[0]["phrase"].split()[-1]
+    assert 5 <= extra <= 35  # about half of 40 images with duplicates=0.5
+
+
+def test_deterministic_by_seed_and_prefix_stable(shapes, tmp_path):
+    again = make_shapes(tmp_path / "again", n=N, seed=3, duplicates=0.5)
+    assert _digest(again) == _digest(shapes)
+    other = make_shapes(tmp_path / "other", n=5, seed=4)
+    assert _rows(other / "truth.jsonl") != _rows(shapes / "truth.jsonl")[:5]
+    prefix = make_shapes(tmp_path / "prefix", n=5, seed=3, duplicates=0.5)
+    assert _rows(prefix / "regions.jsonl") == _rows(shapes / "regions.jsonl")[:5]
+
+
+def test_zero_images_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="n=0"):
+        make_shapes(tmp_path, n=0)

@@ -29,3 +29,7 @@ class DataError(VlmjobsError):
 
 class PreflightError(VlmjobsError):
     """A train job's estimated peak GPU memory exceeds its budget; the message has the sums."""
+
+
+class ScheduleNotFound(JobNotFound):
+    """No schedule with that name (a JobNotFound, so the CLI exits 2 as for an unknown job)."""

@@ -19,3 +19,4 @@ from vlmjobs.cli import results  # noqa: E402,F401
 from vlmjobs.cli import jobs  # noqa: E402,F401
 from vlmjobs.cli import stack  # noqa: E402,F401
 from vlmjobs.cli import parse  # noqa: E402,F401
+from vlmjobs.cli import schedule  # noqa: E402,F401

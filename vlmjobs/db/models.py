@@ -175,3 +175,46 @@ class Worker(Base):
     current_job_id: Mapped[int | None] = mapped_column(Integer)
     started_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
     heartbeat_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class Schedule(Base):
+    """A named recurring job (`vlmjobs schedule`): the validated spec, when it fires, its runs.
+
+    ``next_run_at`` is the compare-and-set token of firing: a beat fires a schedule
+    only by moving it from the value it read (``scheduler/schedules.py``), so two
+    beats never both fire one slot.
+    """
+
+    __tablename__ = "schedules"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(100), unique=True)
+    kind: Mapped[str] = mapped_column(String(32))
+    spec: Mapped[dict[str, Any]] = mapped_column(JSON)  # validated at add; a copy of the YAML
+    cron: Mapped[str | None] = mapped_column(String(100))  # exactly one of cron, every_s
+    every_s: Mapped[float | None] = mapped_column(Float)
+    tz: Mapped[str] = mapped_column(String(64), default="UTC")  # IANA name; cron's wall clock
+    overlap: Mapped[str] = mapped_column(String(8), default="skip")  # skip | queue
+    paused: Mapped[bool] = mapped_column(Boolean, default=False)
+    next_run_at: Mapped[datetime] = mapped_column(DateTime, index=True)
+    last_fired_at: Mapped[datetime | None] = mapped_column(DateTime)
+    last_job_id: Mapped[int | None] = mapped_column(Integer)
+    runs: Mapped[int] = mapped_column(Integer, default=0)  # jobs created
+    skips: Mapped[int] = mapped_column(Integer, default=0)  # fires skipped for overlap
+    last_skip_at: Mapped[datetime | None] = mapped_column(DateTime)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class ScheduleEvent(Base):
+    """What happened to a schedule: fired (job id), skipped, caught up, paused, resumed."""
+
+    __tablename__ = "schedule_events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    schedule_id: Mapped[int] = mapped_column(
+        ForeignKey("schedules.id", ondelete="CASCADE"), index=True
+    )
+    time: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    level: Mapped[str] = mapped_column(String(16), default="info")
+    message: Mapped[str] = mapped_column(Text)
+    job_id: Mapped[int | None] = mapped_column(Integer)

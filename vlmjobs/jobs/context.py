@@ -82,7 +82,8 @@ class JobContext(Protocol):
         """Drop the row of a checkpoint the recipe deleted (keep-last-k)."""
 
     def done_keys(self) -> set[str]:
-        """Item keys this job already committed (resume skips them)."""
+        """Item keys this job already committed (resume skips them); for a scheduled run,
+        also the keys other runs of its schedule labeled ok (so each run labels only new items)."""
 
     def save_outputs(self, outputs: Iterable[OutputRecord]) -> int:
         """Commit outputs and their regions in one transaction; keys already saved are skipped.

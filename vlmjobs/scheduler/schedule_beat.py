@@ -67,7 +67,9 @@ class ScheduleBeat(PersistentScheduler):
                 if run.job_id is not None:
                     logger.info("schedule %s: fired job %s", run.schedule, run.job_id)
                 else:
-                    logger.warning("schedule %s: skipped (job %s active)", run.schedule, run.skipped_for)
+                    logger.warning(
+                        "schedule %s: skipped (job %s active)", run.schedule, run.skipped_for
+                    )
             soon = seconds_to_next()
             if soon:  # 0 (still overdue) means a broken schedule: do not spin on it
                 wait = min(wait, soon)

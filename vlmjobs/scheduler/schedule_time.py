@@ -140,7 +140,7 @@ def zone(name: str) -> ZoneInfo:
         return ZoneInfo(name)
     except (ZoneInfoNotFoundError, ValueError):
         raise ValueError(
-            f"unknown time zone {name!r}: use an IANA name like UTC, Europe/Berlin, America/New_York"
+            f"unknown time zone {name!r}: use an IANA name: UTC, Europe/Berlin, America/New_York"
         ) from None
 
 

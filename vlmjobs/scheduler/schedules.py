@@ -73,37 +73,36 @@ class Run:
     send: tuple[int, str, str, int, str] | None = None  # send() arguments
 
 
-def check_when(cron: str | None, every: str | None, tz: str) -> tuple[When | None, list[str]]:
-    """Validate the timing options; (When, []) or (None, every problem)."""
-    problems: list[str] = []
+def check_when(
+    cron: str | None, every: str | None, tz: str
+) -> tuple[When | None, list[tuple[str, str]]]:
+    """Validate the timing options; (When, []) or (None, every (option, problem))."""
+    problems: list[tuple[str, str]] = []
     if (cron is None) == (every is None):
-        problems.append("give exactly one of --cron EXPR or --every DURATION")
+        problems.append(("--cron/--every", "give exactly one of --cron EXPR or --every DURATION"))
     every_s = None
-    for check in (
-        lambda: parse_cron(cron) if cron is not None else None,
-        lambda: zone(tz),
-    ):
+    try:
+        tzinfo = zone(tz)
+    except ValueError as e:
+        problems.append(("--tz", str(e)))
+        tzinfo = zone("UTC")
+    if cron is not None:
         try:
-            check()
+            next_cron(parse_cron(cron), utcnow(), tzinfo)  # parses, and proves it ever fires
         except ValueError as e:
-            problems.append(str(e))
+            problems.append(("--cron", str(e)))
     if every is not None:
         try:
             every_s = parse_every(every)
         except ValueError as e:
-            problems.append(str(e))
-    if cron is not None and not problems:
-        try:
-            next_cron(parse_cron(cron), utcnow(), zone(tz))
-        except ValueError as e:
-            problems.append(str(e))
+            problems.append(("--every", str(e)))
     return (None if problems else When(cron, every_s, tz)), problems
 
 
-def check_name(name: str) -> list[str]:
+def check_name(name: str) -> list[tuple[str, str]]:
     if NAME.match(name):
         return []
-    return [f"schedule name {name!r}: use letters, digits, '.', '_' or '-' (up to 100)"]
+    return [("NAME", f"schedule name {name!r}: use letters, digits, '.', '_' or '-' (up to 100)")]
 
 
 def first_slot(when: When, now: datetime) -> datetime:
@@ -130,7 +129,7 @@ def add(name: str, spec: JobSpec, when: When, overlap: str = "skip") -> Schedule
     with session() as s:
         if s.scalar(select(Schedule.id).where(Schedule.name == name)) is not None:
             raise VlmjobsError(
-                f"schedule {name!r} exists: `vlmjobs schedule rm {name}` first, or pick another name"
+                f"schedule {name!r} exists: `vlmjobs schedule rm {name}` first or pick another name"
             )
         sched = Schedule(
             name=name,
@@ -260,7 +259,9 @@ def _fire_one(sid: int, read_next: datetime, now: datetime) -> Run | None:
         trigger = "scheduled"
         if missed:
             more = "+" if missed >= MISSED_CAP else ""
-            trigger = f"catch-up for {missed}{more} missed slot(s) since {read_next:%Y-%m-%d %H:%M:%S}"
+            trigger = (
+                f"catch-up for {missed}{more} missed slot(s) since {read_next:%Y-%m-%d %H:%M:%S}"
+            )
         return _start_run(s, sched, now, trigger)
 
 

@@ -152,8 +152,12 @@ class WorkerContext:
             )
 
     def done_keys(self) -> set[str]:
+        from vlmjobs.scheduler.schedules import earlier_run_keys
+
         with session() as s:
-            return set(s.scalars(select(Output.item_key).where(Output.job_id == self.job_id)))
+            keys = set(s.scalars(select(Output.item_key).where(Output.job_id == self.job_id)))
+        # A scheduled run also skips what other runs of its schedule labeled (issue 7).
+        return keys | earlier_run_keys(self.job_id)
 
     def save_outputs(self, outputs: Iterable[OutputRecord]) -> int:
         dialect = get_engine().dialect.name

@@ -22,10 +22,13 @@ import sys
 import time
 from pathlib import Path
 
-import torch
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+# bench/ holds scripts named like stdlib modules (queue.py): keep it off the import path,
+# and put the checkout on it (the device runs the checkout, not an installed package).
+sys.path[:] = [str(ROOT)] + [p for p in sys.path if Path(p or ".").resolve() != HERE]
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # the device runs the checkout, not an installed package
+import torch  # noqa: E402
 
 SEED = ROOT / ".bench" / "seed_recipe.py"
 WORK = Path(os.environ.get("BENCH_WORK", "/tmp/vlmjobs_bench"))

@@ -204,7 +204,12 @@ def _detail(job: Job, events: list[JobEvent], metric: str) -> str:
 
 
 def _render(
-    job_id: int | None, kind: str | None, state: str | None, limit: int, as_json: bool
+    job_id: int | None,
+    kind: str | None,
+    state: str | None,
+    limit: int,
+    as_json: bool,
+    schedule_id: int | None = None,
 ) -> tuple[str, bool]:
     """The text to show and whether everything shown has ended."""
     with session() as s:
@@ -229,6 +234,7 @@ def _render(
         q = select(Job).order_by(desc(Job.id)).limit(limit)
         q = q.where(Job.kind == kind) if kind else q
         q = q.where(Job.state == state) if state else q
+        q = q.where(Job.schedule_id == schedule_id) if schedule_id is not None else q
         jobs = list(s.scalars(q))
         if as_json:
             return json.dumps([job_dict(j) for j in jobs], indent=2), True
@@ -242,13 +248,23 @@ def _render(
 @click.option("--kind", help="only this kind")
 @click.option("--state", help="only this state (queued, running, succeeded, failed, cancelled)")
 @click.option("--limit", default=20, show_default=True, help="most recent N jobs")
+@click.option("--schedule", "schedule_name", help="only the runs of this schedule")
 @friendly_errors
 def status(
-    job_id: int | None, as_json: bool, watch: bool, kind: str | None, state: str | None, limit: int
+    job_id: int | None,
+    as_json: bool,
+    watch: bool,
+    kind: str | None,
+    state: str | None,
+    limit: int,
+    schedule_name: str | None = None,
 ) -> None:
     """A table of recent jobs, or one job in detail."""
+    from vlmjobs.scheduler.schedules import schedule_id
+
+    sid = schedule_id(schedule_name) if schedule_name is not None else None
     while True:
-        text, ended = _render(job_id, kind, state, limit, as_json)
+        text, ended = _render(job_id, kind, state, limit, as_json, sid)
         if watch:
             click.clear()
         click.echo(text)

@@ -63,6 +63,11 @@ def add_cmd(
 
     when, problems = check_when(cron, every, tz)
     problems = check_name(name) + problems
+    with session() as s:
+        if s.scalar(select(Schedule.id).where(Schedule.name == name)) is not None:
+            problems.append(
+                ("NAME", f"schedule {name!r} exists: `vlmjobs schedule rm {name}` first")
+            )
     spec = None
     try:
         spec = load_spec(kind, config, overrides)

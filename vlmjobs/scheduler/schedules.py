@@ -256,12 +256,11 @@ def _fire_one(sid: int, read_next: datetime, now: datetime) -> Run | None:
             now,
             MISSED_CAP,
         )
-        trigger = "scheduled"
+        # The slot names the fire: two beats firing one slot would show as two events.
+        trigger = f"slot {read_next.isoformat(sep=' ')}"
         if missed:
             more = "+" if missed >= MISSED_CAP else ""
-            trigger = (
-                f"catch-up for {missed}{more} missed slot(s) since {read_next:%Y-%m-%d %H:%M:%S}"
-            )
+            trigger += f" (catch-up: {missed}{more} later slot(s) also missed, fired once)"
         return _start_run(s, sched, now, trigger)
 
 

@@ -14,6 +14,7 @@ data and batch order ``train_data.py``; checkpoints ``train_ckpt.py``; metrics
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import math
 import random
@@ -345,7 +346,7 @@ def write_adapter(
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp)
     processor.save_pretrained(tmp)
-    manifest.model_copy(update={"base_model": spec.model.path}).save(tmp / "manifest.json")
+    dataclasses.replace(manifest, base_model=spec.model.path).write(tmp)
     shutil.rmtree(out, ignore_errors=True)
     tmp.rename(out)
     return out

@@ -18,7 +18,7 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
@@ -28,9 +28,7 @@ from vlmjobs.errors import DataError
 from vlmjobs.specs.train import TrainSpec
 from vlmjobs.vision.frames import FACTOR, input_size
 from vlmjobs.vision.inputs import build_inputs
-
-if TYPE_CHECKING:  # TEMPORARY until vision/manifest.py lands: keeps this module importable
-    from vlmjobs.vision.manifest import Manifest
+from vlmjobs.vision.manifest import Manifest
 
 # Batches sorted by length are formed inside windows of this many micro-batches, so
 # that grouping cuts padding while the order stays random across the epoch.
@@ -209,9 +207,7 @@ def load_data(spec: TrainSpec) -> TrainData:
 def read_manifest(path: Path) -> Manifest:
     if not path.is_file():
         raise DataError(f"{path} is missing: data.path must be a clean job's output directory")
-    from vlmjobs.vision.manifest import Manifest
-
-    return Manifest.load(path)
+    return Manifest.read(path)
 
 
 def check_frame(manifest: Manifest, spec: TrainSpec) -> None:
@@ -227,16 +223,21 @@ def check_frame(manifest: Manifest, spec: TrainSpec) -> None:
 
 
 def manifest_for_jsonl(spec: TrainSpec, train: list[Sample]) -> Manifest:
-    """A manifest for prefix/suffix JSONL data (no clean job wrote one)."""
-    from vlmjobs.vision.manifest import Manifest
+    """A manifest for prefix/suffix JSONL data (no clean job wrote one).
 
+    The prompt recorded is the first record's; when records differ, ``extra`` says so
+    (infer must then be given each prompt explicitly).
+    """
+    prompts = {s.prompt for s in train}
     return Manifest(
         base_model=spec.model.path,
         min_pixels=spec.model.min_pixels,
         max_pixels=spec.model.max_pixels,
         task=spec.data.task or "custom",
-        prompt=train[0].prompt if len({s.prompt for s in train}) == 1 else None,
+        prompt=train[0].prompt,
         system=spec.data.system,
+        source=str(spec.data.path),
+        extra={"prompts_vary": True} if len(prompts) > 1 else {},
     )
 
 

@@ -28,7 +28,8 @@ from vlmjobs.specs.train import TrainSpec
 from vlmjobs.vision.frames import input_size
 from vlmjobs.vision.generate import Generator
 from vlmjobs.vision.inputs import build_inputs
-from vlmjobs.vision.manifest import Manifest
+from vlmjobs.vision.manifest import CONVENTIONS, Manifest
+from vlmjobs.vision.parse import parse_json as json_status
 from vlmjobs.vision.parse import parse_regions
 from vlmjobs.vision.tasks import parser_for
 
@@ -95,15 +96,17 @@ def region_metrics(val: list[Sample], answers: list[str], manifest: Manifest) ->
     """Micro-averaged P/R/F1 over the samples; boxes compared in original pixels."""
     counts = RegionCounts()
     parsed = 0
+    convention = "absolute" if manifest.convention == CONVENTIONS[0] else "1000"
     for sample, answer in zip(val, answers, strict=True):
         size = sample.image_size
         if size is None:
             with Image.open(sample.image) as image:
                 size = image.size
         frame = input_size(size, manifest.min_pixels, manifest.max_pixels)
-        kwargs = {"input_size": frame, "image_size": size, "convention": manifest.convention}
-        pred = parse_regions(answer, **kwargs)
-        gold = parse_regions(sample.answer, **kwargs)
+        pred = parse_regions(answer, input_size=frame, image_size=size, convention=convention)
+        gold = parse_regions(
+            sample.answer, input_size=frame, image_size=size, convention=convention
+        )
         parsed += pred.status in PARSED
         counts += match_regions(
             pred.regions.boxes,
@@ -127,7 +130,7 @@ def json_metrics(val: list[Sample], answers: list[str]) -> dict[str, float]:
             gold = sample.answer  # a target that is not JSON is compared as a string
         distances.append(json_edit_distance(answer, gold))
         accuracies.append(json_field_accuracy(answer, gold))
-        parsed += parse_json(answer)[0]
+        parsed += json_status(answer)[1] in PARSED
     return {
         "json_edit_distance": float(np.mean(distances)),
         "json_field_accuracy": float(np.mean(accuracies)),

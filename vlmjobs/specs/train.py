@@ -231,6 +231,37 @@ class TrainSpec(JobSpec):
             )
         return self
 
+    @model_validator(mode="after")
+    def _preflight(self) -> TrainSpec:
+        """At submit: the data's pixel frame must match, and the memory plan must fit.
+
+        Skipped for a hub id (no local config to size the model from) and for data that
+        cannot be read yet; the worker runs the same checks before loading the model.
+        """
+        if not (Path(self.model.path).expanduser() / "config.json").is_file():
+            return self
+        from vlmjobs.errors import DataError, PreflightError
+        from vlmjobs.jobs.train import plan_memory
+        from vlmjobs.jobs.train_data import check_frame, load_data, read_manifest
+
+        directory = self.data_dir()
+        if directory is not None and (directory / "manifest.json").is_file():
+            try:
+                check_frame(read_manifest(directory / "manifest.json"), self)
+            except DataError as error:
+                raise ValueError(str(error)) from None
+        if self.preflight.on_exceed != "refuse":
+            return self
+        try:
+            train = load_data(self).train
+        except DataError:
+            return self
+        try:
+            plan_memory(self, train)
+        except PreflightError as error:
+            raise ValueError(f"preflight: {error}") from None
+        return self
+
     def data_dir(self) -> Path | None:
         """Clean's output directory, or None when data.path is a single JSONL file."""
         path = Path(self.data.path).expanduser()

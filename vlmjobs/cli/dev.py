@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import time
+from pathlib import Path
+
 import click
 
 from vlmjobs.cli.main import cli
@@ -10,3 +13,52 @@ from vlmjobs.cli.main import cli
 @cli.group()
 def dev() -> None:
     """Developer tools: random-weight models and synthetic data, built offline."""
+
+
+@dev.command("make-model")
+@click.argument("out", type=click.Path(file_okay=False, path_type=Path))
+@click.option(
+    "--arch",
+    type=click.Choice(["tiny", "3b", "7b"]),
+    default="tiny",
+    show_default=True,
+    help="tiny: tests and demo (~0.45 M params); 3b/7b: the real architectures, random weights",
+)
+@click.option("--seed", type=int, default=0, show_default=True, help="same seed, same weights")
+@click.option(
+    "--device", default="cpu", show_default=True, help="where to build (cuda: fast 3b/7b)"
+)
+def make_model_cmd(out: Path, arch: str, seed: int, device: str) -> None:
+    """Write a random-weight Qwen2.5-VL checkpoint to OUT, built offline."""
+    from vlmjobs.vision.build import make_model
+
+    started = time.monotonic()
+    path = make_model(out, arch=arch, seed=seed, device=device)
+    size = sum(p.stat().st_size for p in path.iterdir() if p.is_file())
+    click.echo(
+        f"{arch} checkpoint at {path} ({size / 2**20:.1f} MiB, "
+        f"{time.monotonic() - started:.1f} s, seed {seed})"
+    )
+
+
+@dev.command("make-shapes")
+@click.argument("out", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--n", "n", type=click.IntRange(min=1), default=500, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option(
+    "--duplicates",
+    type=click.FloatRange(0, 1),
+    default=0.1,
+    show_default=True,
+    help="share of images with one near-duplicate annotation (for clean to remove)",
+)
+def make_shapes_cmd(out: Path, n: int, seed: int, duplicates: float) -> None:
+    """Write N synthetic images of coloured shapes with exact boxes to OUT."""
+    from vlmjobs.vision.shapes import make_shapes
+
+    started = time.monotonic()
+    path = make_shapes(out, n=n, seed=seed, duplicates=duplicates)
+    click.echo(
+        f"{n} images at {path} (regions.jsonl, region_descriptions.json, image_data.json, "
+        f"truth.jsonl; {time.monotonic() - started:.1f} s)"
+    )

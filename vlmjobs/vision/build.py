@@ -3,8 +3,8 @@
 ``make_model(out, arch="tiny")`` writes a directory that the normal loader reads
 like a real checkpoint: ``config.json`` + ``model.safetensors`` +
 ``generation_config.json`` + tokenizer files + ``preprocessor_config.json`` +
-the chat template. ``tiny`` is for tests and the demo (~0.3 M parameters, built
-in about a second); ``3b``/``7b`` have the real architecture, so memory and
+the chat template. ``tiny`` is for tests and the demo (built
+in about a second, ~0.45 M parameters); ``3b``/``7b`` have the real architecture, so memory and
 speed on a GPU are those of the real models (weights are noise).
 
 The tokenizer is always a small byte-level BPE trained here on a fixed corpus

@@ -77,44 +77,50 @@ def _check_size(size: Size, what: str) -> None:
         raise ValueError(f"{what} {size!r} must be (width, height) with both positive")
 
 
-def _scale(boxes: np.ndarray, sx: float, sy: float) -> np.ndarray:
-    return as_boxes(boxes) * np.array([sx, sy, sx, sy])
+def _scale(boxes: np.ndarray, to: Size, frm: Size) -> np.ndarray:
+    """Boxes * to / frm per axis. Multiplying before dividing keeps integer inputs exact
+    (28 * 100 / 1000 is 2.8, where 28 * (100 / 1000) is 2.8000000000000003)."""
+    num = np.array([to[0], to[1], to[0], to[1]], dtype=np.float64)
+    den = np.array([frm[0], frm[1], frm[0], frm[1]], dtype=np.float64)
+    return as_boxes(boxes) * num / den
 
 
 def to_input_frame(boxes: np.ndarray, image_size: Size, input_size: Size) -> np.ndarray:
     """Original pixels -> input-frame pixels (float; round only when writing text)."""
     _check_size(image_size, "image_size")
     _check_size(input_size, "input_size")
-    return _scale(boxes, input_size[0] / image_size[0], input_size[1] / image_size[1])
+    return _scale(boxes, input_size, image_size)
 
 
 def from_input_frame(boxes: np.ndarray, input_size: Size, image_size: Size) -> np.ndarray:
     """Input-frame pixels (what the model wrote) -> original pixels."""
     _check_size(image_size, "image_size")
     _check_size(input_size, "input_size")
-    return _scale(boxes, image_size[0] / input_size[0], image_size[1] / input_size[1])
+    return _scale(boxes, image_size, input_size)
 
 
 def to_unit(boxes: np.ndarray, size: Size) -> np.ndarray:
     """Pixels of an image of ``size`` (w, h) -> 0-1."""
     _check_size(size, "size")
-    return _scale(boxes, 1.0 / size[0], 1.0 / size[1])
+    return _scale(boxes, (1, 1), size)
 
 
 def from_unit(boxes: np.ndarray, size: Size) -> np.ndarray:
     """0-1 -> pixels of an image of ``size`` (w, h)."""
     _check_size(size, "size")
-    return _scale(boxes, float(size[0]), float(size[1]))
+    return _scale(boxes, size, (1, 1))
 
 
 def to_1000(boxes: np.ndarray, size: Size) -> np.ndarray:
     """Pixels of an image of ``size`` (w, h) -> 0-1000 (Qwen2-VL convention)."""
-    return to_unit(boxes, size) * 1000.0
+    _check_size(size, "size")
+    return _scale(boxes, (1000, 1000), size)
 
 
 def from_1000(boxes: np.ndarray, size: Size) -> np.ndarray:
     """0-1000 (Qwen2-VL convention) -> pixels of an image of ``size`` (w, h)."""
-    return from_unit(as_boxes(boxes) / 1000.0, size)
+    _check_size(size, "size")
+    return _scale(boxes, size, (1000, 1000))
 
 
 def clip_boxes(boxes: np.ndarray, size: Size) -> np.ndarray:

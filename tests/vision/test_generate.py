@@ -243,3 +243,24 @@ def test_batched_vision_attention_equals_transformers(tiny, grids: list[tuple[in
             got = model.model.visual(pixels, grid_thw=thw).pooler_output
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
     assert "forward" not in vars(model.model.visual.blocks[0].attn)  # restored
+
+
+def test_engines_agree_on_build_inputs_batches(tiny_checkpoint) -> None:
+    """The real pipeline: a saved tiny checkpoint, its processor, images of different sizes."""
+    from PIL import Image
+
+    from vlmjobs.specs.common import ModelSpec
+    from vlmjobs.vision.inputs import build_inputs
+    from vlmjobs.vision.model import load_model
+
+    model, processor = load_model(ModelSpec(path=str(tiny_checkpoint), dtype="fp32"))
+    sizes = [(200, 150), (90, 300), (400, 120)]
+    images = [Image.new("RGB", size, (60 * i, 120, 200)) for i, size in enumerate(sizes)]
+    batch = build_inputs(processor, images, ["Describe the image.", "Find the circle.", "Caption"])
+    hf = Generator(model, processor, engine="hf").generate(batch, max_new_tokens=8)
+    static = Generator(model, processor, engine="static").generate(batch, max_new_tokens=8)
+    single = Generator(model, processor, engine="hf", max_batch=1).generate(batch, max_new_tokens=8)
+    assert (
+        [g.token_ids for g in static] == [g.token_ids for g in hf] == [g.token_ids for g in single]
+    )
+    assert [g.prompt_tokens for g in hf] == batch["attention_mask"].sum(1).tolist()

@@ -8,7 +8,7 @@
 2. Cluster: inside a group, phrases whose sentence embeddings are within
    ``distance_threshold`` cosine distance (average linkage) are one meaning.
    Without embeddings (``semantic: false``) only phrases that are equal after
-   :func:`normalize_phrase` are one meaning.
+   ``vision.regions.normalize_phrase`` (case, article, end punctuation) are one meaning.
 3. Keep one region per cluster: the phrase nearest the cluster's median
    embedding; of the boxes carrying that phrase, the one nearest the cluster's
    median box.
@@ -26,10 +26,8 @@ from scipy.cluster.hierarchy import fcluster, linkage
 from scipy.sparse.csgraph import connected_components
 from scipy.spatial.distance import squareform
 
-
-def normalize_phrase(phrase: str) -> str:
-    """Lower-case, single spaces, no trailing period: the key of the embedding cache."""
-    return " ".join(phrase.lower().split()).rstrip(" .")
+# Lower case, no article or end punctuation: the key of phrase matching and the vector cache.
+from vlmjobs.vision.regions import normalize_phrase
 
 
 def _relabel(labels: np.ndarray) -> np.ndarray:

@@ -7,6 +7,7 @@ batched ``encode`` call for the phrases it has not seen yet.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -64,6 +65,7 @@ class PhraseVectors:
         self.cache: dict[str, np.ndarray] = {}
         self.encoded = 0  # phrases sent to the model so far (cache misses)
         self.requested = 0  # phrases asked for so far (hits + misses)
+        self.seconds = 0.0  # time spent in the model
 
     def lookup(self, keys: Iterable[str]) -> dict[str, np.ndarray]:
         """Vectors of ``keys`` (already normalised phrases); embeds only what is not cached."""
@@ -72,6 +74,7 @@ class PhraseVectors:
         missing = [k for k in wanted if k not in self.cache]
         found = {k: self.cache[k] for k in wanted if k in self.cache}
         if missing:
+            started = time.perf_counter()
             vectors = self.model.encode(
                 missing,
                 batch_size=self.batch_size,
@@ -80,6 +83,7 @@ class PhraseVectors:
                 show_progress_bar=False,
             ).astype(np.float32)
             self.encoded += len(missing)
+            self.seconds += time.perf_counter() - started
             self._make_room(len(missing))
             for k, v in zip(missing, vectors, strict=True):
                 self.cache[k] = v

@@ -42,6 +42,7 @@ class Tally:
     per_image: list[dict[str, Any]] = field(default_factory=list)  # key, split, before, after
     skipped: list[dict[str, str]] = field(default_factory=list)  # key, image, kind, reason
     empty: int = 0  # images left with no regions (not written unless keep_empty)
+    prompts: dict[str, int] = field(default_factory=dict)  # per-record prompts (JSONL prefixes)
     records: dict[str, int] = field(default_factory=lambda: {"train": 0, "val": 0, "test": 0})
     regions: dict[str, int] = field(
         default_factory=lambda: {
@@ -65,6 +66,10 @@ class Tally:
         self.per_image.append(
             {"key": key, "split": split, "before": counts["before"], "after": counts["after"]}
         )
+
+    def common_prompt(self) -> str | None:
+        """The most frequent per-record prompt (the manifest's prompt for prefix JSONL)."""
+        return max(self.prompts, key=lambda p: self.prompts[p]) if self.prompts else None
 
     def summary(self) -> dict[str, Any]:
         """The job's result: totals, removed %, histogram, the first skipped images."""

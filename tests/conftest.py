@@ -337,25 +337,22 @@ class WorkerProcess:
 def start_worker(
     vlmjobs_env: dict[str, str], tmp_path: Path
 ) -> Iterator[Callable[..., WorkerProcess]]:
-    """Factory: ``start_worker(queues="cpu,gpu", env=None)`` starts a real worker process
-    with ``vlmjobs_env`` (plus ``env``), waits until it is ready (it registered in the
-    workers table), and returns a WorkerProcess. All are SIGKILLed at teardown.
+    """Factory: ``start_worker(queues="cpu,gpu", env=None, gpu=None)`` starts a real worker
+    process (`vlmjobs worker --cpu-only`, or `--gpu N` when ``gpu`` is given) with
+    ``vlmjobs_env`` (plus ``env``), waits until it is ready (it registered in the workers
+    table), and returns a WorkerProcess. All are SIGKILLed at teardown.
     """
     from vlmjobs.cli.stack import wait_worker_ready
 
     started: list[WorkerProcess] = []
 
-    def start(queues: str = "cpu,gpu", env: dict[str, str] | None = None) -> WorkerProcess:
+    def start(
+        queues: str = "cpu,gpu", env: dict[str, str] | None = None, gpu: int | None = None
+    ) -> WorkerProcess:
         log = tmp_path / f"worker-{len(started)}.log"
-        argv = [
-            sys.executable,
-            "-c",
-            "from vlmjobs.cli.main import cli; cli()",
-            "worker",
-            "--cpu-only",
-            "--queues",
-            queues,
-        ]
+        device = ["--cpu-only"] if gpu is None else ["--gpu", str(gpu)]
+        argv = [sys.executable, "-c", "from vlmjobs.cli.main import cli; cli()", "worker"]
+        argv += [*device, "--queues", queues]
         proc = subprocess.Popen(
             argv,
             env={**vlmjobs_env, **(env or {})},

@@ -121,3 +121,12 @@ def test_workers_listing(vlmjobs_cli, start_worker):
     worker = start_worker()
     out = vlmjobs_cli("workers").stdout
     assert f"cpu.{worker.pid}@" in out and "queues=cpu,gpu" in out
+
+
+def test_gpu_worker_is_pinned_and_serves_the_gpu_queue(start_worker, wait_for_state):
+    start_worker(queues="gpu", gpu=3)
+    job_id = _submit(items=1, queue="gpu")
+    job = wait_for_state(job_id, {"succeeded"}, timeout=30)
+    assert job.gpu == "3" and job.worker.startswith("gpu3.")
+    run = (workdir_for(job_id) / "runs.txt").read_text()
+    assert "device=cuda cuda=3" in run  # CUDA_VISIBLE_DEVICES set before the job ran

@@ -40,7 +40,8 @@ class SleepySpec(JobSpec):
 
 def run_sleepy(spec: SleepySpec, ctx: JobContext) -> dict[str, Any]:
     with open(ctx.workdir / "runs.txt", "a") as fh:
-        fh.write(f"attempt={ctx.attempt} pid={os.getpid()}\n")
+        cuda = os.environ.get("CUDA_VISIBLE_DEVICES")
+        fh.write(f"attempt={ctx.attempt} pid={os.getpid()} device={ctx.device} cuda={cuda}\n")
     if spec.fail == "value":
         raise ValueError("sleepy was told to fail")
     if spec.fail == "flaky" and ctx.attempt == 1:

@@ -66,13 +66,13 @@ def _stale_running(out: Reconciled) -> None:
     cutoff = utcnow() - timedelta(seconds=stale_after_s())
     with session() as s:
         rows = s.execute(
-            select(Job.id, Job.attempts, Job.max_attempts, Job.worker).where(
+            select(Job.id, Job.attempts, Job.max_attempts, Job.worker, Job.cancel_requested).where(
                 Job.state == State.running, Job.heartbeat_at < cutoff
             )
         ).all()
-    for job_id, attempts, max_attempts, worker in rows:
+    for job_id, attempts, max_attempts, worker, cancel in rows:
         reason = f"worker {worker} stopped heartbeating (> {stale_after_s():.0f} s)"
-        if attempts < max_attempts:
+        if attempts < max_attempts and not cancel:
             if requeue(
                 job_id,
                 from_states=(State.running,),
@@ -85,13 +85,14 @@ def _stale_running(out: Reconciled) -> None:
                 update(Job)
                 .where(Job.id == job_id, Job.state == State.running, Job.heartbeat_at < cutoff)
                 .values(
-                    state=State.failed,
+                    state=State.cancelled if cancel else State.failed,
                     finished_at=utcnow(),
-                    error=f"{reason}; gave up after {attempts} attempts",
+                    error=None if cancel else f"{reason}; gave up after {attempts} attempts",
                 )
             )
             if res.rowcount == 1:  # type: ignore[attr-defined]
-                s.add(JobEvent(job_id=job_id, level="error", message=f"{reason}: failed"))
+                end = "cancelled" if cancel else "failed"
+                s.add(JobEvent(job_id=job_id, level="error", message=f"{reason}: {end}"))
                 out.failed_stale.append(job_id)
 
 

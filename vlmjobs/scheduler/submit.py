@@ -53,7 +53,13 @@ def submit(spec: JobSpec, *, schedule_id: int | None = None) -> int:
         s.add(job)
         s.flush()
         job_id = job.id
-    send(job_id, spec.kind, queue, spec.priority, task_id)
+    try:
+        send(job_id, spec.kind, queue, spec.priority, task_id)
+    except Exception as e:  # kombu/redis raise several types; the row is already committed
+        raise VlmjobsError(
+            f"job {job_id} was saved but the broker is unreachable ({e}); check "
+            "VLMJOBS_BROKER_URL: once Redis is back a worker re-sends it (reconcile)"
+        ) from e
     return job_id
 
 

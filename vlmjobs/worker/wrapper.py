@@ -82,11 +82,12 @@ def claim(job_id: int) -> Claim | None:
                 gpu=WORKER.gpu,
                 heartbeat_at=now,
                 started_at=now,
-                progress_done=0,
             )
         )
         if res.rowcount != 1:  # type: ignore[attr-defined]
             job = s.get(Job, job_id)
+            if job is not None and job.state == State.queued and job.cancel_requested:
+                job.state, job.finished_at = State.cancelled, now  # cancelled mid-requeue
             state = job.state if job else "missing"
             logger.info("job %s: message skipped (job is %s)", job_id, state)
             return None
@@ -121,18 +122,19 @@ def _requeue_own(c: Claim, reason: str, *, count_attempt: bool) -> None:
 
 def _on_result(c: Claim, ctx: WorkerContext, result: Any) -> None:
     result = result if isinstance(result, dict) else {"value": result}
-    if WORKER.flags.shutdown.is_set() and ctx.stop_seen:
-        _requeue_own(c, "worker shutting down: re-queued to resume", count_attempt=False)
-    elif ctx.cancel_requested():
+    if ctx.cancel_requested():
         _finish(c.job_id, State.cancelled, "cancelled; outputs kept", result=result)
+    elif WORKER.flags.shutdown.is_set() and ctx.stop_seen:
+        _requeue_own(c, "worker shutting down: re-queued to resume", count_attempt=False)
     elif WORKER.flags.time_limit.is_set() and ctx.stop_seen:
+        limit = c.spec.get("time_limit_s")
         _finish(
             c.job_id,
             State.failed,
             "time limit exceeded",
             "error",
             result=result,
-            error=f"time limit exceeded (time_limit_s={c.spec.get('time_limit_s')})",
+            error=f"time limit exceeded (time_limit_s={limit}): raise it or split the job",
         )
     else:
         _finish(c.job_id, State.succeeded, "succeeded", result=result)
@@ -142,10 +144,10 @@ def _on_error(c: Claim, ctx: WorkerContext, exc: BaseException) -> None:
     tb = traceback.format_exc()
     error = f"{type(exc).__name__}: {exc}"
     ctx.log.error("attempt %s failed: %s\n%s", c.attempt, error, tb)
-    if WORKER.flags.shutdown.is_set() or isinstance(exc, (KeyboardInterrupt, SystemExit)):
-        _requeue_own(c, f"worker shutting down ({error}): re-queued", count_attempt=False)
-    elif ctx.cancel_requested():
+    if ctx.cancel_requested():
         _finish(c.job_id, State.cancelled, f"cancelled ({error})", error=error)
+    elif WORKER.flags.shutdown.is_set() or isinstance(exc, (KeyboardInterrupt, SystemExit)):
+        _requeue_own(c, f"worker shutting down ({error}): re-queued", count_attempt=False)
     elif retryable(exc) and c.attempt < c.max_attempts:
         _requeue_own(c, f"attempt {c.attempt} failed ({error}): retrying", count_attempt=True)
     else:

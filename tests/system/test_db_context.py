@@ -1,0 +1,97 @@
+"""The database layer and the worker's JobContext, in-process, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import pytest
+from sqlalchemy import delete, func, select, text
+
+from vlmjobs import settings
+from vlmjobs.db.models import Checkpoint, Job, Output, Region
+from vlmjobs.db.session import current_revision, ensure_schema, get_engine, session
+from vlmjobs.jobs.context import OutputRecord, RegionRecord
+from vlmjobs.scheduler.submit import submit
+from vlmjobs.specs import load_spec
+from vlmjobs.worker.context import StopFlags, WorkerContext
+
+
+@pytest.fixture
+def ctx(vlmjobs_env: dict[str, str]) -> WorkerContext:
+    job_id = submit(load_spec("sleepy", None, []))  # nobody consumes it: no worker
+    return WorkerContext(job_id, 1, "cpu", StopFlags())
+
+
+def _rec(key: str, n_regions: int) -> OutputRecord:
+    regions = [RegionRecord(i, i, i + 10, i + 10, f"r{i}", 0.9) for i in range(n_regions)]
+    return OutputRecord(key, f"src/{key}", "ok", raw_text="t", regions=regions)
+
+
+def test_save_outputs_is_insert_if_absent(ctx: WorkerContext) -> None:
+    assert ctx.save_outputs([_rec("a", 2), _rec("b", 1)]) == 2
+    assert ctx.save_outputs([_rec("b", 5), _rec("c", 0), _rec("c", 3)]) == 1  # b and 2nd c skip
+    assert ctx.done_keys() == {"a", "b", "c"}
+    with session() as s:
+        per_key = dict(
+            s.execute(
+                select(Output.item_key, func.count(Region.id))
+                .outerjoin(Region)
+                .where(Output.job_id == ctx.job_id)
+                .group_by(Output.item_key)
+            ).all()
+        )
+    assert per_key == {"a": 2, "b": 1, "c": 0}  # regions of the first save only
+
+
+def test_checkpoints_are_relative_to_the_artifact_root(ctx: WorkerContext, tmp_path) -> None:
+    a, b = ctx.workdir / "ckpt-1", ctx.workdir / "ckpt-2"
+    ctx.record_checkpoint(1, a, {"loss": 2.0}, is_best=True)
+    ctx.record_checkpoint(2, b, {"loss": 1.0}, is_best=True)
+    with session() as s:
+        rows = s.execute(
+            select(Checkpoint.path, Checkpoint.is_best).order_by(Checkpoint.step)
+        ).all()
+    assert [tuple(r) for r in rows] == [
+        (f"jobs/{ctx.job_id}/ckpt-1", False),
+        (f"jobs/{ctx.job_id}/ckpt-2", True),
+    ]
+    assert (settings.artifacts_root() / rows[1][0]) == b
+    ctx.forget_checkpoint(a)
+    with session() as s:
+        assert s.scalar(select(func.count()).select_from(Checkpoint)) == 1
+    with pytest.raises(ValueError, match="outside the artifact root"):
+        ctx.record_checkpoint(3, tmp_path / "elsewhere", {})
+
+
+def test_progress_throttle_metrics_and_cancel_poll(ctx: WorkerContext) -> None:
+    ctx.progress(1, 10)
+    ctx.progress(2, 10)  # within a second: not written
+    with session() as s:
+        assert s.get_one(Job, ctx.job_id).progress_done == 1
+    ctx.progress(10, 10)  # done == total: always written
+    with session() as s:
+        assert s.get_one(Job, ctx.job_id).progress_done == 10
+    assert not ctx.should_stop()
+    with session() as s:
+        s.get_one(Job, ctx.job_id).cancel_requested = True
+    ctx._last_cancel_poll = 0.0  # skip the one-second poll interval
+    assert ctx.should_stop() and ctx.stop_seen
+
+
+def test_deleting_a_job_cascades(ctx: WorkerContext) -> None:
+    ctx.save_outputs([_rec("a", 3)])
+    with session() as s:
+        s.execute(delete(Job).where(Job.id == ctx.job_id))
+    with session() as s:
+        assert s.scalar(select(func.count()).select_from(Region)) == 0
+        assert s.scalar(select(func.count()).select_from(Output)) == 0
+
+
+def test_sqlite_pragmas_and_db_upgrade_cli(vlmjobs_cli, sqlite_url, monkeypatch) -> None:
+    monkeypatch.setenv("VLMJOBS_DB_URL", sqlite_url)
+    res = vlmjobs_cli("db", "upgrade")
+    have, head = current_revision(sqlite_url)
+    assert have == head and head is not None
+    assert res.exit_code == 0 and f"at revision {head}" in res.stdout
+    with ensure_schema(sqlite_url).connect() as conn:
+        assert conn.execute(text("PRAGMA journal_mode")).scalar() == "wal"
+        assert conn.execute(text("PRAGMA foreign_keys")).scalar() == 1
+    assert get_engine(sqlite_url) is get_engine(sqlite_url)  # one engine per URL

@@ -26,9 +26,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-import torch
-
 ROOT = Path(__file__).resolve().parents[1]
+# bench/ holds scripts named like stdlib modules (queue.py): keep it off the import path,
+# and put the checkout on it (the device runs the checkout, not an installed package).
+sys.path[:] = [str(ROOT)] + [p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench"]
+
+import torch  # noqa: E402
+
 SEED_SCRIPT = ROOT / ".bench" / "seed_recipe.py"
 WEIGHTS = Path("/tmp/q3b")  # where the seed script's `make` writes the random 3B
 GRID = (1, 54, 74)
@@ -50,8 +54,8 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "nf4-bs8-compile": {"bs": 8, "compile": True},
 }
 DEFAULT_GPU = [
-    "nf4-bs8", "nf4-bs16", "bf16-bs4", "nf4-bs12", "nf4-bs8-loopwin", "nf4-bs1",
-    "nf4-bs4", "bf16-bs8", "nf4-bs1-nockpt", "nf4-bs8-compile",
+    "nf4-bs8", "nf4-bs16", "nf4-bs12", "bf16-bs4", "nf4-bs8-loopwin", "nf4-bs4", "nf4-bs1",
+    "nf4-bs1-nockpt", "bf16-bs8",
 ]  # fmt: skip
 DEFAULT_TINY = ["hf-baseline-bs1", "nf4-bs1", "nf4-bs4", "bf16-bs4"]
 SEED_RUNS = ["train_seed000_qlora_r4"]
@@ -87,10 +91,14 @@ def make_batch(config: Any, bs: int, grid: tuple[int, int, int], device: str, dt
 def make_spec(model_dir: Path, cfg: dict[str, Any], tiny: bool) -> Any:
     from vlmjobs.specs.train import TrainSpec
 
-    data = Path(tempfile.mkdtemp()) / "train.jsonl"
+    # model.path points at a folder without config.json: TrainSpec's submit-time preflight
+    # (which reads the data and imports the whole job stack) is skipped; load_base reads
+    # the weights from model_dir.
+    scratch = Path(tempfile.mkdtemp())
+    data = scratch / "train.jsonl"
     data.write_text('{"image": "a.png", "prefix": "p", "suffix": "s"}\n')
     fields = {
-        "model": {"path": str(model_dir), "quantization": cfg.get("quant", "nf4"),
+        "model": {"path": str(scratch), "quantization": cfg.get("quant", "nf4"),
                   "dtype": "fp32" if tiny and cfg.get("quant") == "none" else "bf16"},
         "data": {"path": str(data)},
         "lora": {"r": 4, "targets": ["q_proj", "v_proj"]},
@@ -101,7 +109,7 @@ def make_spec(model_dir: Path, cfg: dict[str, Any], tiny: bool) -> Any:
     return TrainSpec.model_validate(fields)
 
 
-def load_base(spec: Any, device: str) -> Any:
+def load_base(spec: Any, model_dir: Path, device: str) -> Any:
     """The base model as vision.model.load_model builds it (same bitsandbytes settings)."""
     from transformers import Qwen2_5_VLForConditionalGeneration
 
@@ -113,19 +121,24 @@ def load_base(spec: Any, device: str) -> Any:
         kwargs["quantization_config"] = quant
     if device != "cpu":
         kwargs["device_map"] = {"": device}
-    return Qwen2_5_VLForConditionalGeneration.from_pretrained(spec.model.path, **kwargs)
+    return Qwen2_5_VLForConditionalGeneration.from_pretrained(model_dir, **kwargs)
 
 
 def run_one(name: str, model_dir: Path, tiny: bool, steps: int) -> dict[str, Any]:
     """One configuration in this process: load, prepare, time ``steps`` steps after 2 warm-up."""
     from peft import LoraConfig, get_peft_model
 
-    from vlmjobs.jobs.train_model import compute_loss, estimate_peak_memory, prepare_model
+    from vlmjobs.jobs.train_model import (
+        architecture,
+        compute_loss,
+        estimate_peak_memory,
+        prepare_model,
+    )
 
     cfg = CONFIGS[name]
     device = "cpu" if tiny else "cuda"
     spec = make_spec(model_dir, cfg, tiny)
-    model = load_base(spec, device)
+    model = load_base(spec, model_dir, device)
     if cfg.get("hf"):  # the seeds' way: peft defaults, full logits, transformers' loss
         lora = LoraConfig(
             r=4, lora_alpha=16, lora_dropout=0.05, target_modules=["q_proj", "v_proj"]
@@ -174,7 +187,8 @@ def run_one(name: str, model_dir: Path, tiny: bool, steps: int) -> dict[str, Any
     if device == "cuda":
         result["peak_alloc_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
         result["peak_reserved_gib"] = round(torch.cuda.max_memory_reserved() / 2**30, 2)
-    est = estimate_peak_memory(spec, grid[1] * grid[2] // 4, PROMPT + ANSWER + 2)
+    arch = architecture(model.config)
+    est = estimate_peak_memory(spec, grid[1] * grid[2] // 4, PROMPT + ANSWER + 2, n_params=arch)
     result["est_alloc_gib"], result["est_lines"] = est.allocated_gib, est.lines
     result |= phase_times(model, batch, device, hf=bool(cfg.get("hf")))
     if not cfg.get("hf") and cfg["bs"] == 1:

@@ -56,13 +56,16 @@ def test_load_dtypes_and_quantization(tiny_checkpoint, dtype, quantization, weig
 
 
 def test_nf4_trains_after_eval(tiny_checkpoint):
-    """The AVX512-BF16 repack fix: a no-grad pass first must not break training after it."""
+    """The AVX512-BF16 repack fix: an eval-mode no-grad pass first must not break training
+    after it (without the fix this raises "a view of a leaf Variable ... in-place" on CPUs
+    with AVX512-BF16, as this one has)."""
     from peft import LoraConfig, get_peft_model
 
-    model, processor = load_model(_spec(tiny_checkpoint, quantization="nf4"), for_training=True)
+    model, processor = load_model(_spec(tiny_checkpoint, quantization="nf4"))
+    assert not model.training
     with torch.no_grad():
-        _step_inputs = build_inputs(processor, [Image.new("RGB", (90, 70))], ["hi"])
-        model(**_step_inputs)
+        model(**build_inputs(processor, [Image.new("RGB", (90, 70))], ["hi"]))
+    model.train()
     model = get_peft_model(model, LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
     assert np.isfinite(_step(model, processor))
 

@@ -59,7 +59,7 @@ class Source:
 
 def open_source(path: Path, fmt: str = "auto", images_dir: Path | None = None) -> Source:
     """Detect the format (unless named) and return a :class:`Source` for ``path``."""
-    path = _resolve_file(path)
+    path = _resolve_file(path, fmt)
     if fmt == "auto":
         fmt = detect_format(path)
     readers = {"vg": read_vg, "coco": read_coco, "regions": read_regions, "jsonl": read_jsonl}
@@ -70,11 +70,12 @@ def open_source(path: Path, fmt: str = "auto", images_dir: Path | None = None) -
     return readers[fmt](path)
 
 
-def _resolve_file(path: Path) -> Path:
+def _resolve_file(path: Path, fmt: str) -> Path:
+    """The annotation file of ``path`` (a file, or a directory holding a known one)."""
     if not path.is_dir():
         return path
-    for name in KNOWN_FILES:
-        if (path / name).is_file():
+    for name, known in KNOWN_FILES.items():
+        if fmt in ("auto", known) and (path / name).is_file():
             return path / name
     found = sorted(p for p in path.iterdir() if p.suffix in (".json", ".jsonl"))
     if len(found) == 1:

@@ -152,3 +152,33 @@ def test_processor_budget_overrides_the_checkpoints(tiny_checkpoint):
     want = frames.input_size((600, 600), 784, 4 * 784)
     assert (gw * 14, gh * 14) == want
     assert want != frames.input_size((600, 600), 56 * 56, 1280 * 784)
+
+
+def test_qwen2_vl_checkpoint_loads_with_its_own_class(tiny_checkpoint, tmp_path):
+    """Qwen2-VL (0-1000 boxes) shares tokenizer, processor and text config; only the class differs."""
+    from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration
+
+    from vlmjobs.vision.build import model_config
+
+    text = model_config("tiny").text_config.to_dict()
+    for key in ("model_type", "transformers_version", "architectures", "layer_types", "dtype"):
+        text.pop(key, None)
+    ids = special_ids()
+    vision = dict(depth=2, embed_dim=64, hidden_size=64, num_heads=4, mlp_ratio=2, patch_size=14)
+    config = Qwen2VLConfig(
+        text_config=text,
+        vision_config=vision,
+        image_token_id=ids["<|image_pad|>"],
+        video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"],
+        vision_end_token_id=ids["<|vision_end|>"],
+        tie_word_embeddings=True,
+    )
+    shutil.copytree(tiny_checkpoint, tmp_path / "q2")
+    Qwen2VLForConditionalGeneration(config).save_pretrained(tmp_path / "q2")
+    model, processor = load_model(_spec(tmp_path / "q2", dtype="fp32"))
+    assert type(model) is Qwen2VLForConditionalGeneration
+    batch = build_inputs(processor, [Image.new("RGB", (200, 150))], ["hi"])
+    with torch.no_grad():
+        out = model.generate(**batch, max_new_tokens=2, do_sample=False)
+    assert out.shape[1] == batch["input_ids"].shape[1] + 2

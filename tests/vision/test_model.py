@@ -155,7 +155,7 @@ def test_processor_budget_overrides_the_checkpoints(tiny_checkpoint):
 
 
 def test_qwen2_vl_checkpoint_loads_with_its_own_class(tiny_checkpoint, tmp_path):
-    """Qwen2-VL (0-1000 boxes) shares tokenizer, processor and text config; only the class differs."""
+    """Qwen2-VL (0-1000 boxes) shares tokenizer, processor and text config; the class differs."""
     from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration
 
     from vlmjobs.vision.build import model_config

@@ -62,12 +62,22 @@ def resolve_path(path: str) -> Path:
     for local_only in (True, False) if not offline else (True,):
         try:
             return Path(snapshot_download(path, local_files_only=local_only))
-        except Exception as err:  # hub errors have many types; each try's failure is final
+        except _hub_errors() as err:  # not cached / not found / bad id / no network
             reason = err
     raise ModelLoadError(
         f"model {path!r} is not a local directory and could not be loaded from the hub cache "
         f"({type(reason).__name__}); point model.path at a local Qwen2.5-VL checkpoint"
     )
+
+
+def _hub_errors() -> tuple[type[BaseException], ...]:
+    """What snapshot_download raises for a missing, invalid or unreachable repo: its own
+    errors subclass OSError or ValueError; network failures come from httpx."""
+    try:
+        import httpx
+    except ImportError:
+        return (OSError, ValueError)
+    return (OSError, ValueError, httpx.HTTPError)
 
 
 def _model_class(path: Path) -> Any:

@@ -129,3 +129,41 @@ def test_keys_to_embed_skips_singletons_and_repeats():
     phrases = ["a cat", "dog", "The tree.", "tree", "sky"]
     groups = np.array([0, 0, 1, 1, 2])
     assert keys_to_embed(phrases, groups) == {"cat", "dog"}
+
+
+@pytest.mark.parametrize("method", ["complete", "average"])
+@pytest.mark.parametrize("seed", range(8))
+def test_tree_cut_matches_scipy_fcluster(method, seed):
+    from scipy.cluster.hierarchy import fcluster, linkage
+    from scipy.spatial.distance import pdist, squareform
+
+    from vlmjobs.jobs.clean_dedup import _agglomerate
+
+    points = np.random.default_rng(seed).uniform(0, 1, (40, 2))
+    dist = squareform(pdist(points))
+    threshold = 0.15 + 0.05 * seed
+    ours = _agglomerate(dist, threshold, method)
+    theirs = fcluster(linkage(pdist(points), method=method), t=threshold, criterion="distance")
+    # the same partition (label numbers differ): pairs together in one are together in the other
+    assert (np.equal.outer(ours, ours) == np.equal.outer(theirs, theirs)).all()
+    assert 1 < len(set(ours)) < 40  # the threshold actually cuts the tree
+
+
+def test_pairs_shortcut_equals_the_complete_linkage_tree():
+    from scipy.cluster.hierarchy import fcluster, linkage
+    from scipy.spatial.distance import squareform
+
+    from vlmjobs.vision.regions import iou_matrix
+
+    # 30 far-apart places, two boxes each with random shifts: components of 1 or 2 boxes,
+    # which group_by_iou settles without building a tree.
+    rng = np.random.default_rng(0)
+    x = np.repeat(np.arange(30) * 200.0, 2) + rng.uniform(0, 40, 60)
+    y = rng.uniform(0, 40, 60)
+    boxes = np.stack([x, y, x + 50, y + 50], axis=1)
+    iou = iou_matrix(boxes, boxes)
+    fast = group_by_iou(iou, 0.5, "complete")
+    tree = linkage(squareform(1.0 - iou, checks=False), method="complete")
+    full = fcluster(tree, t=0.5, criterion="distance")
+    assert (np.equal.outer(fast, fast) == np.equal.outer(full, full)).all()
+    assert 30 < len(set(fast)) < 60  # some pairs merged, some did not

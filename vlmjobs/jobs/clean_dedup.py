@@ -22,7 +22,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.cluster.hierarchy import fcluster, linkage
+from scipy.cluster.hierarchy import linkage
 from scipy.sparse.csgraph import connected_components
 from scipy.spatial.distance import squareform
 
@@ -37,27 +37,49 @@ def _relabel(labels: np.ndarray) -> np.ndarray:
     return rank[inverse.reshape(-1)]
 
 
+def _cut(tree: np.ndarray, n: int, threshold: float) -> np.ndarray:
+    """Flat clusters of a scipy linkage ``tree`` over ``n`` points: merges at <= threshold.
+
+    Complete and average linkage merge at non-decreasing heights, so the merges to
+    apply are a prefix of the tree. (fcluster does the same after ~1 ms of input checks
+    per call, which is most of the cost for small groups.)
+    """
+    parent = np.arange(2 * n - 1)
+    for i, (a, b, height, _) in enumerate(tree):
+        if height > threshold:
+            break
+        parent[int(a)] = parent[int(b)] = n + i
+    while True:  # pointer jumping: every node ends pointing at its root
+        grand = parent[parent]
+        if np.array_equal(grand, parent):
+            return _relabel(parent[:n])
+        parent = grand
+
+
 def _agglomerate(dist: np.ndarray, threshold: float, method: str) -> np.ndarray:
     """Cut a ``method``-linkage tree of the (n, n) distance matrix at ``threshold``."""
     n = dist.shape[0]
     if n < 2:
         return np.zeros(n, dtype=np.int64)
+    if n == 2:  # every linkage agrees on two points
+        return np.array([0, 0 if dist[0, 1] <= threshold + 1e-9 else 1])
     condensed = squareform(np.clip(dist, 0.0, None), checks=False)
     tree = linkage(condensed, method=method)
-    # fcluster keeps merges at distance <= t; the small slack absorbs float error at equality.
-    return _relabel(fcluster(tree, t=threshold + 1e-9, criterion="distance"))
+    # The small slack absorbs float error for distances exactly at the threshold.
+    return _cut(tree, n, threshold + 1e-9)
 
 
 def group_by_iou(iou: np.ndarray, threshold: float, method: str = "complete") -> np.ndarray:
     """(N,) group label per box from an (N, N) IoU matrix; labels 0.. by first member."""
+    if method not in ("complete", "components"):
+        raise ValueError(f"grouping {method!r} is not one of complete, components")
     if iou.shape[0] == 0:
         return np.zeros(0, dtype=np.int64)
-    if method == "components":
-        _, labels = connected_components(iou >= threshold, directed=False)
+    n_comp, labels = connected_components(iou >= threshold, directed=False)
+    if method == "components" or np.bincount(labels).max() <= 2:
+        # Components of one or two boxes are already complete-linkage groups.
         return _relabel(labels)
-    if method == "complete":
-        return _agglomerate(1.0 - iou, 1.0 - threshold, "complete")
-    raise ValueError(f"grouping {method!r} is not one of complete, components")
+    return _agglomerate(1.0 - iou, 1.0 - threshold, "complete")
 
 
 def cluster_embeddings(emb: np.ndarray, distance_threshold: float) -> np.ndarray:
@@ -132,7 +154,13 @@ def dedup_regions(
     kept: list[Kept] = []
     for g in range(int(groups.max()) + 1):
         members = np.flatnonzero(groups == g)
+        if len(members) == 1:
+            kept.append(Kept(int(members[0]), 1))
+            continue
         for cluster in _clusters_of_group(members, keys, vectors, distance_threshold):
+            if len(cluster) == 1:
+                kept.append(Kept(int(cluster[0]), 1))
+                continue
             distinct = {keys[m] for m in cluster}
             emb = None
             if vectors is not None and len(distinct) > 1:

@@ -1,0 +1,394 @@
+"""The infer recipe: label folders and archives of images, one output row per image.
+
+Phases of ``run(spec, ctx)``:
+
+1. setup: resolve the adapter (``job:42`` -> that train job's adapter dir), read its
+   manifest (pixel limits, prompt, system, box convention), load the model and a
+   Generator once per worker (``ctx.resident``).
+2. a producer thread streams the inputs (``infer_inputs``), skips keys already done
+   BEFORE decoding, decodes ``read_ahead * batch_size`` images, sorts that window by
+   image-token count (little padding per batch) and builds the model inputs; batches
+   wait in a bounded queue, so memory is bounded whatever the archive size.
+3. the main thread generates (GPU), parses each answer into regions in ORIGINAL
+   pixels, scores and de-duplicates them, and commits outputs per batch.
+
+Confidence of a region: the geometric mean of the probabilities of the generated
+tokens that overlap that region's JSON entry in the answer (its ``bbox_2d`` numbers
+and ``label`` text), i.e. ``exp(mean(logprob))`` over those tokens; log-probs are
+the model's raw ones (vision/generate.py). When an entry cannot be located in the
+text the region gets the whole answer's geometric mean.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from PIL import Image
+
+from vlmjobs.jobs.context import JobContext, OutputRecord, RegionRecord
+from vlmjobs.jobs.infer_inputs import RawItem, count_items, decode_image, iter_items
+from vlmjobs.jobs.infer_plan import Plan, make_plan
+from vlmjobs.jobs.infer_score import region_scores
+from vlmjobs.specs.infer import InferSpec
+from vlmjobs.vision.frames import input_size
+from vlmjobs.vision.generate import Generation, Generator
+from vlmjobs.vision.inputs import build_inputs
+from vlmjobs.vision.model import load_model
+
+QUEUE_BATCHES = 2  # prepared batches waiting for the GPU: enough to hide decoding
+
+
+@dataclass
+class Ready:
+    """A decoded image waiting for the model; ``size`` and ``frame`` are (w, h)."""
+
+    key: str
+    source: str
+    image: Image.Image
+    size: tuple[int, int]
+    frame: tuple[int, int]
+
+    @property
+    def tokens(self) -> int:
+        return (self.frame[0] // 28) * (self.frame[1] // 28)
+
+
+@dataclass
+class Unit:
+    """What the producer hands the main thread: a batch (maybe empty) and what was settled
+    without the model (failed items; ``skipped`` = done before or duplicates)."""
+
+    ready: list[Ready] = field(default_factory=list)
+    batch: Any = None
+    failed: list[OutputRecord] = field(default_factory=list)
+    skipped: int = 0
+
+
+@dataclass
+class Tally:
+    done: int = 0
+    ok: int = 0
+    failed: int = 0
+    skipped: int = 0
+    parsed_ok: int = 0
+    generated: int = 0
+    regions: int = 0
+    model_s: float = 0.0
+    started: float = field(default_factory=time.monotonic)
+
+
+def run(spec: InferSpec, ctx: JobContext) -> dict[str, Any]:
+    plan = make_plan(spec)
+    ctx.log.info("infer plan: %s", plan.describe())
+    processor, generator = _engine(spec, plan, ctx)
+    total = count_items(spec.inputs, spec.include, spec.exclude)
+    if total is not None and spec.limit is not None:
+        total = min(total, spec.limit)
+    done_keys = ctx.done_keys()
+    ctx.event(f"infer: {total if total is not None else 'unknown'} images, {len(done_keys)} done")
+    units: queue.Queue = queue.Queue(maxsize=QUEUE_BATCHES)
+    stop = threading.Event()
+    producer = threading.Thread(
+        target=_produce_guarded,
+        # A private copy: a fast tokenizer mutated by padding in one thread while another
+        # decodes raises "Already borrowed".
+        args=(spec, plan, copy.deepcopy(processor), done_keys, units, stop),
+        name="infer-producer",
+        daemon=True,
+    )
+    producer.start()
+    tally, stopped = Tally(), False
+    try:
+        stopped = _consume(spec, plan, generator, processor, units, ctx, tally, total)
+    finally:
+        stop.set()
+        producer.join(timeout=30)
+    ctx.progress(tally.done, total if total is not None or stopped else tally.done)
+    return _summary(tally, stopped)
+
+
+def _engine(spec: InferSpec, plan: Plan, ctx: JobContext) -> tuple[Any, Generator]:
+    """The loaded model's processor and a Generator, kept by the worker across jobs.
+
+    One resident entry (the worker keeps one model at a time) holding the model and
+    the Generator of the latest batch size / engine (its static cache is sized by them).
+    """
+    held = ctx.resident(
+        f"infer:{plan.model.model_dump_json()}:{ctx.device}",
+        lambda: {"loaded": load_model(plan.model, device=ctx.device), "generators": {}},
+    )
+    model, processor = held["loaded"]
+    key = (spec.batch_size, spec.engine)
+    if key not in held["generators"]:
+        held["generators"] = {
+            key: Generator(model, processor, max_batch=spec.batch_size, engine=spec.engine)
+        }
+    return processor, held["generators"][key]
+
+
+def _consume(
+    spec: InferSpec,
+    plan: Plan,
+    generator: Generator,
+    processor: Any,
+    units: queue.Queue,
+    ctx: JobContext,
+    tally: Tally,
+    total: int | None,
+) -> bool:
+    """Generate and commit until the producer is done; True when stopped early."""
+    step = 0
+    while True:
+        if ctx.should_stop():
+            return True
+        unit = units.get()
+        if unit is None:
+            return False
+        if isinstance(unit, BaseException):
+            raise unit
+        started = time.monotonic()
+        outputs = list(unit.failed)
+        if unit.ready:
+            outputs += label(
+                generator, processor, unit.ready, spec, plan, batch=unit.batch, event=ctx.event
+            )
+        tally.model_s += time.monotonic() - started
+        ctx.save_outputs(outputs)
+        _count(tally, unit, outputs)
+        ctx.progress(tally.done, total)
+        step += 1
+        if unit.ready:
+            ctx.metrics(_rates(tally), step=step)
+
+
+def _count(tally: Tally, unit: Unit, outputs: list[OutputRecord]) -> None:
+    tally.done += unit.skipped + len(outputs)
+    tally.skipped += unit.skipped
+    for out in outputs:
+        tally.ok += out.status == "ok"
+        tally.failed += out.status == "failed"
+        if out.status == "ok":
+            tally.generated += 1
+            tally.parsed_ok += out.parse_status in ("ok", "repaired")
+            tally.regions += len(out.regions)
+
+
+def _rates(tally: Tally) -> dict[str, float]:
+    elapsed = max(time.monotonic() - tally.started, 1e-9)
+    return {
+        "images_per_s": tally.generated / elapsed,
+        "parse_ok_rate": tally.parsed_ok / max(tally.generated, 1),
+    }
+
+
+def _summary(tally: Tally, stopped: bool) -> dict[str, Any]:
+    return {
+        "images": tally.done,
+        "ok": tally.ok,
+        "failed": tally.failed,
+        "skipped": tally.skipped,
+        "regions": tally.regions,
+        "stopped_early": stopped,
+        **{k: round(v, 4) for k, v in _rates(tally).items()},
+    }
+
+
+# --- the producer thread: read, skip, decode, bucket, build inputs -------------------------
+
+
+def _produce_guarded(
+    spec: InferSpec,
+    plan: Plan,
+    processor: Any,
+    done: set[str],
+    units: queue.Queue,
+    stop: threading.Event,
+) -> None:
+    """The producer; an error in it is handed to the main thread, which raises it."""
+    try:
+        _produce(spec, plan, processor, done, units, stop)
+        _put(units, None, stop)
+    except BaseException as e:  # noqa: BLE001 - re-raised by the consumer, in the main thread
+        _put(units, e, stop)
+
+
+def _put(units: queue.Queue, item: Any, stop: threading.Event) -> None:
+    """Block until there is room, unless the consumer has gone (stop set)."""
+    while not stop.is_set():
+        try:
+            units.put(item, timeout=0.5)
+            return
+        except queue.Full:
+            continue
+
+
+def _produce(
+    spec: InferSpec,
+    plan: Plan,
+    processor: Any,
+    done: set[str],
+    units: queue.Queue,
+    stop: threading.Event,
+) -> None:
+    seen = set(done)  # keys of this run, so identical images are labeled once
+    window, pending = spec.read_ahead * spec.batch_size, Unit()
+    unique = len(done)
+    for raw in iter_items(spec.inputs, spec.include, spec.exclude):
+        if stop.is_set():
+            return
+        if raw.key in seen:
+            pending.skipped += 1
+            continue
+        if spec.limit is not None and unique >= spec.limit:
+            break
+        seen.add(raw.key)
+        unique += 1
+        item = prepare(raw, spec, plan)
+        (pending.ready if isinstance(item, Ready) else pending.failed).append(item)
+        if len(pending.ready) >= window:
+            _flush(pending, spec, plan, processor, units, stop)
+            pending = Unit()
+    _flush(pending, spec, plan, processor, units, stop)
+
+
+def prepare(raw: RawItem, spec: InferSpec, plan: Plan) -> Ready | OutputRecord:
+    """A decoded image ready for the model, or the failed output that says why not."""
+    error = raw.error
+    if raw.data is not None and error is None:
+        decoded = decode_image(raw.data, max_image_pixels=spec.max_image_pixels)
+        error = decoded.error
+        if decoded.image is not None:
+            size = decoded.image.size
+            try:
+                frame = input_size(size, plan.min_pixels, plan.max_pixels)
+                return Ready(raw.key, raw.source, decoded.image, size, frame)
+            except ValueError as e:  # e.g. an aspect ratio the processor rejects
+                error = str(e)
+    return OutputRecord(item_key=raw.key, source=raw.source, status="failed", error=error)
+
+
+def _flush(
+    pending: Unit,
+    spec: InferSpec,
+    plan: Plan,
+    processor: Any,
+    units: queue.Queue,
+    stop: threading.Event,
+) -> None:
+    """Sort a window by image tokens, cut it into batches and hand them over with their inputs."""
+    ordered = sorted(pending.ready, key=lambda r: r.tokens)
+    batches = [ordered[i : i + spec.batch_size] for i in range(0, len(ordered), spec.batch_size)]
+    first = Unit(failed=pending.failed, skipped=pending.skipped)
+    for i, ready in enumerate(batches or [[]]):
+        unit = first if i == 0 else Unit()
+        unit.ready = ready
+        if ready:
+            unit.batch = _inputs(processor, ready, plan)
+        _put(units, unit, stop)
+
+
+def _inputs(processor: Any, ready: list[Ready], plan: Plan) -> Any:
+    return build_inputs(
+        processor, [r.image for r in ready], [plan.prompt] * len(ready), system=plan.system
+    )
+
+
+# --- the main thread: generate (splitting on OOM), parse, score, dedup ------------------------
+
+
+def label(
+    generator: Generator,
+    processor: Any,
+    ready: list[Ready],
+    spec: InferSpec,
+    plan: Plan,
+    *,
+    batch: Any = None,
+    event: Callable[[str, str], None] | None = None,
+) -> list[OutputRecord]:
+    """Generate for one batch (``batch``: its prepared inputs, built here when None) and
+    turn each answer into an output with its regions; ``event`` hears about OOM splits."""
+    started = time.monotonic()
+    gens = _generate_split(generator, processor, ready, batch, spec, plan, event)
+    share_ms = (time.monotonic() - started) * 1000 / len(ready)
+    tokenizer = getattr(processor, "tokenizer", processor)
+    return [
+        _output(r, g, tokenizer, spec, plan, share_ms) for r, g in zip(ready, gens, strict=True)
+    ]
+
+
+def _generate_split(
+    generator: Generator,
+    processor: Any,
+    ready: list[Ready],
+    batch: Any,
+    spec: InferSpec,
+    plan: Plan,
+    event: Callable[[str, str], None] | None,
+) -> list[Generation]:
+    """Generate; on CUDA out-of-memory retry as two halves, recursively, down to one image."""
+    try:
+        return generator.generate(
+            batch if batch is not None else _inputs(processor, ready, plan),
+            max_new_tokens=spec.max_new_tokens,
+            min_new_tokens=spec.min_new_tokens,
+            repetition_penalty=spec.repetition_penalty,
+        )
+    except torch.OutOfMemoryError:
+        if len(ready) == 1:
+            raise
+        torch.cuda.empty_cache()
+        half = len(ready) // 2
+        if event is not None:
+            event(f"CUDA out of memory at batch {len(ready)}: retrying as {half} + rest", "warning")
+        args = (spec, plan, event)
+        return _generate_split(generator, processor, ready[:half], None, *args) + _generate_split(
+            generator, processor, ready[half:], None, *args
+        )
+
+
+def _output(
+    ready: Ready, gen: Generation, tokenizer: Any, spec: InferSpec, plan: Plan, latency_ms: float
+) -> OutputRecord:
+    parsed = plan.parse(gen.text, ready.frame, ready.size, finished=gen.finished)
+    regions: list[RegionRecord] = []
+    if parsed.regions is not None and len(parsed.regions.phrases):
+        scores = region_scores(gen, tokenizer, list(parsed.regions.phrases))
+        kept = plan.dedup(parsed.regions, scores)
+        regions = [
+            RegionRecord(*(float(v) for v in box), phrase=phrase, score=score)
+            for box, phrase, score in kept
+        ]
+    return OutputRecord(
+        item_key=ready.key,
+        source=ready.source,
+        status="ok",
+        raw_text=gen.text,
+        parse_status=parsed.status,
+        image_w=ready.size[0],
+        image_h=ready.size[1],
+        input_w=ready.frame[0],
+        input_h=ready.frame[1],
+        prompt_tokens=gen.prompt_tokens,
+        generated_tokens=len(gen.token_ids),
+        latency_ms=latency_ms,
+        extra={
+            "finished": gen.finished,
+            "mean_logprob": _mean(gen.logprobs),
+            **parsed.extra,
+        },
+        regions=regions,
+    )
+
+
+def _mean(values: list[float]) -> float | None:
+    finite = [v for v in values if math.isfinite(v)]
+    return sum(finite) / len(finite) if finite else None

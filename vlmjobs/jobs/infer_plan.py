@@ -1,0 +1,224 @@
+"""Setup of an infer job: which model, which pixel budget, which prompt and parser.
+
+Precedence for every setting the adapter's manifest also carries (pixel limits,
+prompt, system, task, box convention): a field written in the spec YAML, then the
+manifest, then the defaults (ModelSpec / vision.tasks). The manifest is what the
+adapter was trained with; a model asked in another frame or wording answers worse.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from vlmjobs import settings
+from vlmjobs.errors import ModelLoadError
+from vlmjobs.specs.common import ModelSpec
+from vlmjobs.specs.infer import ADAPTER_JOB, DedupSpec, InferSpec
+from vlmjobs.vision import tasks
+
+# The manifest's names for box conventions -> vision.parse's.
+CONVENTIONS = {"qwen2.5-vl-absolute-resized": "absolute", "qwen2-vl-1000": "1000"}
+
+
+@dataclass
+class Parsed:
+    """One answer read by the plan's parser; ``regions`` only for the regions parser."""
+
+    status: str  # ok | repaired | truncated | empty | unparseable
+    regions: Any = None  # vision.regions.Regions in ORIGINAL pixels, or None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Plan:
+    model: ModelSpec  # adapter resolved to a directory, pixel limits final
+    task: str
+    prompt: str
+    system: str | None
+    parser: str  # regions | json | text
+    convention: str  # how the model writes boxes: absolute (input-frame px) | ...
+    dedup_spec: DedupSpec
+    json_schema: dict[str, Any] | None = None
+
+    @property
+    def min_pixels(self) -> int:
+        return self.model.min_pixels
+
+    @property
+    def max_pixels(self) -> int:
+        return self.model.max_pixels
+
+    def describe(self) -> str:
+        return (
+            f"task={self.task} parser={self.parser} convention={self.convention} "
+            f"pixels=[{self.min_pixels}, {self.max_pixels}] adapter={self.model.adapter}"
+        )
+
+    def parse(
+        self, text: str, frame: tuple[int, int], size: tuple[int, int], *, finished: bool
+    ) -> Parsed:
+        """Read one answer; ``frame`` / ``size``: (w, h) of the model's input and the original."""
+        if self.parser == "regions":
+            from vlmjobs.vision.parse import parse_regions
+
+            result = parse_regions(
+                text, input_size=frame, image_size=size, convention=self.convention
+            )
+            return Parsed(result.status, result.regions, {"dropped": result.dropped})
+        if self.parser == "json":
+            from vlmjobs.vision.parse import parse_json
+
+            value, status = parse_json(text)
+            extra: dict[str, Any] = {"json": value}
+            if value is not None and self.json_schema is not None:
+                errors = schema_errors(value, self.json_schema)
+                if errors:
+                    status, extra["schema_errors"] = "schema_invalid", errors[:10]
+            return Parsed(status, None, extra)
+        status = "empty" if not text.strip() else ("ok" if finished else "truncated")
+        return Parsed(status)
+
+    def dedup(self, regions: Any, scores: list[float | None]) -> list[tuple]:
+        """(box xyxy, phrase, score) of the regions kept, in order; repeats (IoU above the
+        threshold and the same normalised phrase) dropped when enabled, best score kept."""
+        from vlmjobs.vision.regions import Regions, dedup
+
+        # Scores are probabilities in (0, 1]; -1 stands for "none" and ranks last.
+        ranked = Regions(regions.boxes, regions.phrases, [-1.0 if s is None else s for s in scores])
+        if self.dedup_spec.enabled and len(ranked) > 1:
+            ranked = dedup(
+                ranked,
+                iou_threshold=self.dedup_spec.iou_threshold,
+                phrase_threshold=self.dedup_spec.phrase_threshold,
+            )
+        return [
+            (box, phrase, None if score < 0 else score)
+            for box, phrase, score in zip(
+                ranked.boxes.tolist(), ranked.phrases, ranked.scores.tolist(), strict=True
+            )
+        ]
+
+
+def schema_errors(value: Any, schema: dict[str, Any], path: str = "$") -> list[str]:
+    """Where ``value`` breaks ``schema``: the JSON Schema subset type / enum / required /
+    properties / items (no jsonschema dependency); [] when it conforms."""
+    kind = schema.get("type")
+    if kind is not None and not any(_is(value, k) for k in _as_list(kind)):
+        return [f"{path}: expected {kind}, got {type(value).__name__}"]
+    if "enum" in schema and value not in schema["enum"]:
+        return [f"{path}: {value!r} not in {schema['enum']}"]
+    errors: list[str] = []
+    if isinstance(value, dict):
+        errors += [f"{path}: missing {k!r}" for k in schema.get("required", []) if k not in value]
+        for key, sub in schema.get("properties", {}).items():
+            if key in value:
+                errors += schema_errors(value[key], sub, f"{path}.{key}")
+    if isinstance(value, list) and isinstance(schema.get("items"), dict):
+        for i, item in enumerate(value):
+            errors += schema_errors(item, schema["items"], f"{path}[{i}]")
+    return errors
+
+
+def _as_list(kind: Any) -> list[str]:
+    return kind if isinstance(kind, list) else [kind]
+
+
+def _is(value: Any, kind: str) -> bool:
+    if kind == "integer":
+        return isinstance(value, int) and not isinstance(value, bool)
+    if kind == "number":
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    types = {"string": str, "boolean": bool, "object": dict, "array": list, "null": type(None)}
+    return isinstance(value, types.get(kind, object))
+
+
+def resolve_adapter(adapter: str | None) -> str | None:
+    """An adapter directory: ``job:42`` -> that train job's ``result["adapter"]`` (relative
+    to the artifact root), a path -> itself. ModelLoadError says what is wrong."""
+    if adapter is None:
+        return None
+    found = ADAPTER_JOB.match(adapter)
+    if not found:
+        return str(Path(adapter).expanduser())
+    from vlmjobs.db.models import Job
+    from vlmjobs.db.session import session
+
+    job_id = int(found.group(1))
+    with session() as s:
+        job = s.get(Job, job_id)
+        kind, state, result = (job.kind, job.state, job.result) if job else (None, None, None)
+    if kind != "train":
+        what = "no such job" if kind is None else f"a {kind} job"
+        raise ModelLoadError(f"adapter {adapter!r}: {what}; name a train job's id")
+    if state != "succeeded" or not result or not result.get("adapter"):
+        raise ModelLoadError(
+            f"adapter {adapter!r}: train job {job_id} is {state} and has no adapter yet; "
+            "wait for it to succeed (`vlmjobs status`)"
+        )
+    path = Path(result["adapter"])
+    return str(path if path.is_absolute() else settings.artifacts_root() / path)
+
+
+def read_manifest(adapter_dir: str | None) -> Any:
+    """The adapter's manifest, or None (no adapter, or an adapter made elsewhere)."""
+    if adapter_dir is None:
+        return None
+    from vlmjobs.vision.manifest import Manifest
+
+    path = Path(adapter_dir)
+    if not (path / "manifest.json").is_file():
+        return None
+    return Manifest.read(path)
+
+
+def _pick(explicit: Any, from_manifest: Any, default: Any) -> Any:
+    for value in (explicit, from_manifest):
+        if value is not None:
+            return value
+    return default
+
+
+def make_plan(spec: InferSpec) -> Plan:
+    """Resolve the adapter, read its manifest, and settle every setting once."""
+    adapter = resolve_adapter(spec.model.adapter)
+    manifest = read_manifest(adapter)
+    m = spec.model
+    written = m.model_fields_set
+    pixels = {
+        name: _pick(
+            getattr(spec, name) or (getattr(m, name) if name in written else None),
+            getattr(manifest, name, None),
+            getattr(m, name),
+        )
+        for name in ("min_pixels", "max_pixels")
+    }
+    if pixels["min_pixels"] > pixels["max_pixels"]:
+        raise ModelLoadError(
+            f"min_pixels {pixels['min_pixels']} > max_pixels {pixels['max_pixels']} "
+            "after applying the manifest: set both in the spec"
+        )
+    model = m.model_copy(update={"adapter": adapter, **pixels})
+    task = (
+        spec.task
+        if "task" in spec.model_fields_set
+        else _pick(None, _m(manifest, "task"), spec.task)
+    )
+    same_task = manifest is not None and _m(manifest, "task") == task
+    prompt = spec.prompt or (_m(manifest, "prompt") if same_task else None)
+    prompt = prompt or tasks.prompt_for(task, labels=spec.labels, phrase=spec.phrase)
+    return Plan(
+        model=model,
+        task=task,
+        prompt=prompt,
+        system=_pick(spec.system, _m(manifest, "system"), None),
+        parser=spec.parser or tasks.parser_for(task),
+        convention=CONVENTIONS.get(_m(manifest, "convention") or "", "absolute"),
+        dedup_spec=spec.dedup,
+        json_schema=spec.json_schema,
+    )
+
+
+def _m(manifest: Any, name: str) -> Any:
+    return getattr(manifest, name, None) if manifest is not None else None

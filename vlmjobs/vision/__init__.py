@@ -1,0 +1,14 @@
+"""The vision core: everything clean, train and infer build on.
+
+| module        | what it gives                                                          |
+| ------------- | ---------------------------------------------------------------------- |
+| frames.py     | smart_resize, input_size, box conversions between coordinate frames    |
+| regions.py    | Regions (boxes, phrases, scores), iou_matrix, dedup                    |
+| parse.py      | parse_regions, parse_json, format_regions (the training target)        |
+| tasks.py      | prompt_for, parser_for, DEFAULT_SYSTEM                                 |
+| manifest.py   | Manifest: pixel budget, convention, task, prompts of a data set        |
+| model.py      | load_model, load_processor (with or without torchvision)               |
+| inputs.py     | build_inputs: chat template, image tokens, assistant-only labels       |
+| build.py      | make_model, model_config: random-weight checkpoints built offline      |
+| shapes.py     | make_shapes: synthetic dense-captioning data with exact boxes          |
+"""

@@ -138,15 +138,25 @@ def model_config(arch: str, *, vocab_size: int | None = None) -> Qwen2_5_VLConfi
     """
     _check_arch(arch)
     ids = special_ids()
+    return Qwen2_5_VLConfig(
+        text_config=_text_config(arch, vocab_size),
+        vision_config=_vision_config(arch),
+        image_token_id=ids["<|image_pad|>"],
+        video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"],
+        vision_end_token_id=ids["<|vision_end|>"],
+        tie_word_embeddings=_TIED[arch],
+    )
+
+
+def _text_config(arch: str, vocab_size: int | None) -> dict[str, Any]:
+    ids = special_ids()
     text = dict(_TEXT[arch])
     section = text.pop("mrope_section")
-    vocab = vocab_size or text.pop("vocab_size", BPE_VOCAB + len(SPECIALS))
-    text.pop("vocab_size", None)
-    vis = dict(_VISION[arch])
-    fullatt = vis.pop("fullatt", [7, 15, 23, 31])
-    text_config = dict(
+    default_vocab = text.pop("vocab_size", BPE_VOCAB + len(SPECIALS))
+    return dict(
         text,
-        vocab_size=vocab,
+        vocab_size=vocab_size or default_vocab,
         hidden_act="silu",
         rms_norm_eps=1e-6,
         rope_parameters={"rope_type": "default", "rope_theta": 1e6, "mrope_section": section},
@@ -158,25 +168,21 @@ def model_config(arch: str, *, vocab_size: int | None = None) -> Qwen2_5_VLConfi
         pad_token_id=ids["<|endoftext|>"],
         tie_word_embeddings=_TIED[arch],
     )
-    vision_config = dict(
+
+
+def _vision_config(arch: str) -> dict[str, Any]:
+    vis = dict(_VISION[arch])
+    fullatt = vis.pop("fullatt", [7, 15, 23, 31])
+    return dict(
         vis,
         hidden_act="silu",
-        out_hidden_size=text["hidden_size"],
+        out_hidden_size=_TEXT[arch]["hidden_size"],
         patch_size=14,
         spatial_merge_size=2,
         temporal_patch_size=2,
         window_size=112,
         fullatt_block_indexes=fullatt,
         tokens_per_second=2,
-    )
-    return Qwen2_5_VLConfig(
-        text_config=text_config,
-        vision_config=vision_config,
-        image_token_id=ids["<|image_pad|>"],
-        video_token_id=ids["<|video_pad|>"],
-        vision_start_token_id=ids["<|vision_start|>"],
-        vision_end_token_id=ids["<|vision_end|>"],
-        tie_word_embeddings=_TIED[arch],
     )
 
 

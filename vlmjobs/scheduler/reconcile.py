@@ -42,24 +42,15 @@ class Reconciled:
 def broker_task_ids(broker_url: str | None = None) -> set[str]:
     """Task ids of every message waiting in our queues or held unacknowledged by a worker."""
     client = redis.Redis.from_url(broker_url or settings.broker_url())
+    # Priority sub-queues are "cpu", "cpu:1" .. "cpu:9" (see scheduler/app.py).
+    keys = [q if p == 0 else f"{q}{PRIORITY_SEP}{p}" for q in QUEUES for p in range(10)]
     try:
-        keys = [q.encode() for q in QUEUES]
-        for q in QUEUES:
-            keys += client.keys(f"{q}{PRIORITY_SEP}*")
-        raw: list[bytes] = []
-        for key in keys:
-            if client.type(key) == b"list":
-                raw += client.lrange(key, 0, -1)
+        messages = [json.loads(m) for key in keys for m in client.lrange(key, 0, -1)]
         # kombu keeps delivered-but-unacked messages as [message, exchange, routing_key].
-        raw += [json.dumps(json.loads(v)[0]).encode() for v in client.hvals("unacked")]
+        messages += [json.loads(v)[0] for v in client.hvals("unacked")]
     finally:
         client.close()
-    ids = set()
-    for item in raw:
-        headers = json.loads(item).get("headers") or {}
-        if headers.get("id"):
-            ids.add(headers["id"])
-    return ids
+    return {str(m["headers"]["id"]) for m in messages if (m.get("headers") or {}).get("id")}
 
 
 def _stale_running(out: Reconciled) -> None:

@@ -1,0 +1,145 @@
+"""Infer setup: adapter by train job id, the adapter's manifest honoured unless the spec says
+otherwise, the JSON-schema subset, de-duplication keeping the best-scored repeat."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from vlmjobs.errors import ModelLoadError
+from vlmjobs.jobs.infer_plan import make_plan, resolve_adapter, schema_errors
+from vlmjobs.specs.infer import InferSpec
+from vlmjobs.vision.manifest import Manifest
+from vlmjobs.vision.regions import Regions
+from vlmjobs.vision.tasks import DENSE_CAPTION_PROMPT, prompt_for
+
+
+@pytest.fixture
+def adapter(tmp_path: Path) -> Path:
+    """An adapter dir whose manifest says: 100k..400k pixels, Qwen2-VL 0-1000 boxes, a prompt."""
+    path = tmp_path / "adapter"
+    Manifest(
+        base_model="m",
+        min_pixels=100_352,
+        max_pixels=401_408,
+        convention="qwen2-vl-1000",
+        task="dense_caption",
+        prompt="List every object with its box.",
+        system="You label shelves.",
+    ).write(path)
+    return path
+
+
+def spec_with(tmp_path: Path, **fields: object) -> InferSpec:
+    model = fields.pop("model", {"path": "m"})
+    return InferSpec.model_validate({"model": model, "inputs": [str(tmp_path)], **fields})
+
+
+def test_manifest_settings_apply(tmp_path: Path, adapter: Path) -> None:
+    plan = make_plan(spec_with(tmp_path, model={"path": "m", "adapter": str(adapter)}))
+    assert (plan.min_pixels, plan.max_pixels) == (100_352, 401_408)
+    assert plan.prompt == "List every object with its box."
+    assert (plan.system, plan.convention, plan.parser) == ("You label shelves.", "1000", "regions")
+
+
+def test_spec_fields_override_the_manifest(tmp_path: Path, adapter: Path) -> None:
+    model = {"path": "m", "adapter": str(adapter), "max_pixels": 802_816}
+    spec = spec_with(tmp_path, model=model, min_pixels=50_176, system="S", prompt="P")
+    plan = make_plan(spec)
+    assert (plan.min_pixels, plan.max_pixels) == (50_176, 802_816)
+    assert (plan.prompt, plan.system) == ("P", "S")
+    other = make_plan(spec_with(tmp_path, model=model, task="detect", labels=["can"]))
+    assert other.prompt == prompt_for("detect", labels=["can"])  # manifest prompt is another task's
+
+
+def test_no_adapter_uses_defaults(tmp_path: Path) -> None:
+    plan = make_plan(spec_with(tmp_path))
+    assert (plan.prompt, plan.system, plan.convention) == (DENSE_CAPTION_PROMPT, None, "absolute")
+    assert (plan.min_pixels, plan.max_pixels) == (256 * 784, 1280 * 784)
+
+
+@pytest.fixture
+def jobs_db(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
+    """Train jobs in a fresh SQLite database: one succeeded, one running; and a clean job."""
+    from vlmjobs.db.models import Job
+    from vlmjobs.db.session import session
+
+    monkeypatch.setenv("VLMJOBS_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("VLMJOBS_ARTIFACTS", str(tmp_path / "artifacts"))
+    monkeypatch.setenv("VLMJOBS_DB_URL", f"sqlite:///{tmp_path / 'jobs.db'}")
+    rows = {
+        "done": Job(kind="train", spec={}, state="succeeded", queue="gpu",
+                    result={"adapter": "jobs/1/adapter"}),
+        "running": Job(kind="train", spec={}, state="running", queue="gpu"),
+        "clean": Job(kind="clean", spec={}, state="succeeded", queue="cpu", result={}),
+    }  # fmt: skip
+    with session() as s:
+        s.add_all(rows.values())
+        s.flush()
+        return {name: job.id for name, job in rows.items()}
+
+
+@pytest.mark.parametrize(
+    ("ref", "expected"),
+    [
+        ("done", "{artifacts}/jobs/1/adapter"),  # case: relative to the artifact root
+        ("running", "has no adapter yet"),  # case: not finished
+        ("clean", "a clean job"),  # case: wrong kind
+        ("missing", "no such job"),  # case: unknown id
+    ],
+)
+def test_resolve_adapter_by_job(tmp_path: Path, jobs_db: dict, ref: str, expected: str) -> None:
+    job_ref = f"job:{jobs_db.get(ref, 999)}"
+    if expected.startswith("{"):
+        assert resolve_adapter(job_ref) == expected.format(artifacts=tmp_path / "artifacts")
+    else:
+        with pytest.raises(ModelLoadError, match=expected):
+            resolve_adapter(job_ref)
+
+
+SCHEMA = {
+    "type": "object",
+    "required": ["name", "items"],
+    "properties": {
+        "name": {"type": "string"},
+        "items": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["price"],
+                "properties": {"price": {"type": "number"}},
+            },
+        },  # fmt: skip
+        "kind": {"enum": ["a", "b"]},
+    },
+}
+
+
+@pytest.mark.parametrize(
+    ("value", "errors"),
+    [
+        ({"name": "x", "items": [{"price": 1.5}]}, []),  # case: conforms
+        ({"name": "x"}, ["$: missing 'items'"]),  # case: required key
+        ({"name": 3, "items": []}, ["$.name: expected string, got int"]),  # case: wrong type
+        (
+            {"name": "x", "items": [{"price": True}]},
+            ["$.items[0].price: expected number, got bool"],
+        ),
+        ({"name": "x", "items": [], "kind": "c"}, ["$.kind: 'c' not in ['a', 'b']"]),  # case: enum
+        ([1, 2], ["$: expected object, got list"]),  # case: not an object
+    ],
+)
+def test_schema_errors(value: object, errors: list[str]) -> None:
+    assert schema_errors(value, SCHEMA) == errors
+
+
+def test_dedup_keeps_the_best_scored_repeat(tmp_path: Path) -> None:
+    plan = make_plan(spec_with(tmp_path))
+    boxes = np.array([[0, 0, 10, 10], [0, 0, 10, 11], [50, 50, 60, 60]], dtype=float)
+    regions = Regions(boxes, ["a cat", "A cat.", "a cat"])
+    kept = plan.dedup(regions, [0.5, 0.9, None])
+    assert [(b[3], p, s) for b, p, s in kept] == [(11.0, "A cat.", 0.9), (60.0, "a cat", None)]
+    off = make_plan(spec_with(tmp_path, dedup={"enabled": False}))
+    assert len(off.dedup(regions, [0.5, 0.9, None])) == 3

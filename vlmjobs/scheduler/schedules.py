@@ -347,4 +347,4 @@ def labeled_counts(s: Session) -> dict[int, int]:
         .where(Job.schedule_id.is_not(None), Output.status == "ok")
         .group_by(Job.schedule_id)
     ).all()
-    return {sid: n for sid, n in rows}
+    return {sid: n for sid, n in rows if sid is not None}

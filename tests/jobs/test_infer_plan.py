@@ -143,3 +143,15 @@ def test_dedup_keeps_the_best_scored_repeat(tmp_path: Path) -> None:
     assert [(b[3], p, s) for b, p, s in kept] == [(11.0, "A cat.", 0.9), (60.0, "a cat", None)]
     off = make_plan(spec_with(tmp_path, dedup={"enabled": False}))
     assert len(off.dedup(regions, [0.5, 0.9, None])) == 3
+
+
+@pytest.mark.slow  # loads all-MiniLM-L6-v2 (sentence-transformers import: seconds)
+def test_dedup_by_phrase_embedding(tmp_path: Path) -> None:
+    boxes = np.array([[0, 0, 10, 10], [0, 0, 10, 10], [0, 0, 10, 10]], dtype=float)
+    regions = Regions(boxes, ["a red car", "red automobile", "a green apple"])
+    dedup = {"phrase_similarity": "embedding", "phrase_threshold": 0.7}
+    plan = make_plan(spec_with(tmp_path, dedup=dedup))
+    kept = plan.dedup(regions, [0.9, 0.8, 0.7])
+    assert [p for _, p, _ in kept] == ["a red car", "a green apple"]
+    exact = make_plan(spec_with(tmp_path, dedup={"phrase_threshold": 0.7}))
+    assert len(exact.dedup(regions, [0.9, 0.8, 0.7])) == 3  # exact match misses the synonym

@@ -86,7 +86,7 @@ class Tally:
 
 
 def run(spec: InferSpec, ctx: JobContext) -> dict[str, Any]:
-    plan = make_plan(spec)
+    plan = make_plan(spec, device=ctx.device)
     ctx.log.info("infer plan: %s", plan.describe())
     processor, generator = _engine(spec, plan, ctx)
     total = count_items(spec.inputs, spec.include, spec.exclude)

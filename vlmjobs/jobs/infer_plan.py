@@ -41,6 +41,8 @@ class Plan:
     convention: str  # how the model writes boxes: absolute (input-frame px) | ...
     dedup_spec: DedupSpec
     json_schema: dict[str, Any] | None = None
+    device: str = "cpu"  # where the phrase-embedding model runs, when dedup uses one
+    _vectors: Any = field(default=None, repr=False)
 
     @property
     def min_pixels(self) -> int:
@@ -91,6 +93,9 @@ class Plan:
             ranked = dedup(
                 ranked,
                 iou_threshold=self.dedup_spec.iou_threshold,
+                phrase_similarity=self._embedding_similarity
+                if self.dedup_spec.phrase_similarity == "embedding"
+                else None,
                 phrase_threshold=self.dedup_spec.phrase_threshold,
             )
         return [
@@ -99,6 +104,20 @@ class Plan:
                 ranked.boxes.tolist(), ranked.phrases, ranked.scores.tolist(), strict=True
             )
         ]
+
+    def _embedding_similarity(self, phrases: list[str]) -> Any:
+        """(N, N) cosine similarity of the phrases' MiniLM vectors (cached per phrase)."""
+        import numpy as np
+
+        from vlmjobs.jobs.clean_embed import PhraseVectors, load_sentence_model
+        from vlmjobs.vision.regions import normalize_phrase
+
+        if self._vectors is None:
+            self._vectors = PhraseVectors(load_sentence_model(None, self.device))
+        keys = [normalize_phrase(p) for p in phrases]
+        found = self._vectors.lookup(keys)
+        vectors = np.stack([found[k] for k in keys])
+        return vectors @ vectors.T
 
 
 def schema_errors(value: Any, schema: dict[str, Any], path: str = "$") -> list[str]:
@@ -180,7 +199,7 @@ def _pick(explicit: Any, from_manifest: Any, default: Any) -> Any:
     return default
 
 
-def make_plan(spec: InferSpec) -> Plan:
+def make_plan(spec: InferSpec, device: str = "cpu") -> Plan:
     """Resolve the adapter, read its manifest, and settle every setting once."""
     adapter = resolve_adapter(spec.model.adapter)
     manifest = read_manifest(adapter)
@@ -217,6 +236,7 @@ def make_plan(spec: InferSpec) -> Plan:
         convention=CONVENTIONS.get(_m(manifest, "convention") or "", "absolute"),
         dedup_spec=spec.dedup,
         json_schema=spec.json_schema,
+        device=device,
     )
 
 

@@ -38,10 +38,14 @@ class DedupSpec(Strict):
     """Drop repeated regions (the seeds repeat one box many times): same place, same phrase."""
 
     enabled: bool = True
-    # Two regions overlap enough to be one when their IoU is at least this.
+    # Two regions are one when their IoU is above this ...
     iou_threshold: float = Field(0.7, gt=0.0, le=1.0)
-    # ... and their phrases are this similar (1.0: identical text only).
+    # ... and their phrases are at least this similar.
     phrase_threshold: float = Field(0.8, ge=0.0, le=1.0)
+    # exact: 1 when equal after lower-casing and dropping articles / end punctuation, else 0
+    # (free). embedding: cosine of all-MiniLM-L6-v2 vectors ("red car" ~ "red automobile");
+    # loads a 90 MB model once per job and embeds each new phrase once (~ms per image).
+    phrase_similarity: Literal["exact", "embedding"] = "exact"
 
 
 class InferSpec(JobSpec):

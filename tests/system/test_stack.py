@@ -32,6 +32,7 @@ def test_up_submit_down(tmp_path: Path) -> None:
         "VLMJOBS_HOME": str(home),
         "VLMJOBS_BROKER_URL": f"redis://127.0.0.1:{free_port()}/0",
         "VLMJOBS_PLUGINS": "vlmjobs_testkinds",
+        "VLMJOBS_RECONCILE_S": "1",  # so beat sends its periodic reconcile during the test
         "PYTHONPATH": str(PLUGIN_DIR),
     }
     env.pop("VLMJOBS_DB_URL", None)
@@ -50,6 +51,8 @@ def test_up_submit_down(tmp_path: Path) -> None:
         assert done.returncode == 0, done.stdout + done.stderr
         status = _vlmjobs(env, "status", done.stdout.strip(), "--json")
         assert '"state": "succeeded"' in status.stdout
+        worker_log = (home / "run" / "worker.log").read_text()
+        assert "Task vlmjobs.reconcile[" in worker_log  # beat is up and its schedule fires
     finally:
         down = _vlmjobs(env, "down")
     assert down.returncode == 0

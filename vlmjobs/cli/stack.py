@@ -135,8 +135,13 @@ def wait_worker_ready(pid: int, timeout: float = 60.0) -> None:
 
 
 @cli.command()
+@click.option(
+    "--gpu",
+    type=int,
+    help="GPU for the worker (default: 0 when /dev/nvidia0 exists, else CPU only)",
+)
 @friendly_errors
-def up() -> None:
+def up(gpu: int | None) -> None:
     """Start the local stack: Redis, the database, one worker (both queues), beat."""
     from vlmjobs.db.session import ensure_schema, mask_url
 
@@ -147,8 +152,11 @@ def up() -> None:
     ensure_schema()
     click.echo(f"database: {mask_url(settings.db_url())}")
     if not _pid("worker"):
-        wait_worker_ready(_spawn("worker", _self("worker", "--cpu-only")))
-        click.echo("worker: ready (queues cpu,gpu)")
+        if gpu is None and Path("/dev/nvidia0").exists():  # no torch import just to look
+            gpu = 0
+        device = ["--cpu-only"] if gpu is None else ["--gpu", str(gpu)]
+        wait_worker_ready(_spawn("worker", _self("worker", *device, "--queues", "cpu,gpu")))
+        click.echo(f"worker: ready (queues cpu,gpu; {'CPU only' if gpu is None else f'GPU {gpu}'})")
     if not _pid("beat"):
         _spawn("beat", _self("beat"))
         click.echo("beat: started")

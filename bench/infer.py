@@ -70,7 +70,7 @@ def tokenizer():
     return AutoTokenizer.from_pretrained(path)
 
 
-def random_model(arch: str, device: str):
+def random_model(arch: str, device: str, fp32: bool = False):
     """Random weights straight on the device (3b: bf16; tiny: fp32), no checkpoint on disk."""
     from transformers import Qwen2_5_VLForConditionalGeneration
 
@@ -78,7 +78,7 @@ def random_model(arch: str, device: str):
 
     config = model_config(arch)
     config._attn_implementation = "sdpa"
-    dtype = torch.float32 if arch == "tiny" else torch.bfloat16
+    dtype = torch.float32 if arch == "tiny" or fp32 else torch.bfloat16
     torch.manual_seed(0)
     previous = torch.get_default_dtype()
     torch.set_default_dtype(dtype)
@@ -149,29 +149,37 @@ def run_ours(
         result |= {"peak_alloc_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2),
                    "peak_reserved_gib": round(torch.cuda.max_memory_reserved() / 2**30, 2),
                    "load_peak_alloc_gib": round(load_peak, 2)}  # fmt: skip
-        result |= prefill_split(gen, inputs, dt)
+    if gen._static is not None:  # where the last batch's time went (CUDA events)
+        timing = gen._static.timing
+        per_step = round(timing["decode_s"] / max(1, timing["steps"]) * 1e3, 2)
+        result |= timing | {"decode_ms_per_step": per_step}
     return result
 
 
-def prefill_split(gen, inputs, total_s: float) -> dict:
-    """Time of the prefill alone (one new token), to see where a batch's time goes."""
-    torch.cuda.synchronize()
-    t = time.time()
-    gen.generate(inputs, max_new_tokens=1, min_new_tokens=1)
-    torch.cuda.synchronize()
-    prefill = time.time() - t
-    return {
-        "prefill_s": round(prefill, 3),
-        "decode_ms_per_step": round((total_s - prefill) / 255 * 1e3, 2),
-    }
+def run_profile(name: str, arch: str, batch: int) -> dict:
+    """Top CUDA kernels of one batch (prefill + 32 decode steps), printed as a table."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from vlmjobs.vision.generate import Generator
+
+    model, processor = random_model(arch, "cuda"), tokenizer()
+    gen = Generator(model, processor, max_batch=batch, engine="static")
+    inputs = synthetic_batch(model.config, batch, GRID)
+    settings = dict(max_new_tokens=33, min_new_tokens=33)
+    gen.generate(inputs, **settings)
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        gen.generate(inputs, **settings)
+    print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=40), flush=True)
+    return {"config": name, "batch": batch} | gen._static.timing
 
 
-def run_check(name: str, arch: str, batch: int, tiny: bool) -> dict:
-    """Greedy ids of the static engine vs transformers' generate on the same rows."""
+def run_check(name: str, arch: str, batch: int, tiny: bool, fp32: bool) -> dict:
+    """Greedy ids of the static engine vs transformers' generate on the same rows. In bf16 a
+    random model's near-tied logits flip on rounding noise; fp32 shows the logic is equal."""
     from vlmjobs.vision.generate import Generator
 
     device = "cpu" if tiny else "cuda"
-    model, processor = random_model(arch, device), tokenizer()
+    model, processor = random_model(arch, device, fp32), tokenizer()
     inputs = synthetic_batch(model.config, batch, TINY_GRID if tiny else GRID, seed=1)
     new = 32
     hf = Generator(model, processor, engine="hf", max_batch=batch).generate(
@@ -200,7 +208,9 @@ def child(args: argparse.Namespace) -> dict:
     """One config: check_ARCH | ours_ARCH[_hf|_eager] (ARCH: tiny, 3b, 7b)."""
     name = args.run
     if name.startswith("check_"):
-        return run_check(name, name.split("_")[1], args.batch[0], args.tiny)
+        return run_check(name, name.split("_")[1], args.batch[0], args.tiny, "_fp32" in name)
+    if name.startswith("profile_"):
+        return run_profile(name, name.split("_")[1], args.batch[0])
     arch, engine = name.split("_")[1], ("hf" if name.endswith("_hf") else "static")
     return run_ours(name, arch, args.batch[0], engine, args.tiny, graphs="_eager" not in name)
 

@@ -264,17 +264,27 @@ GIB = 2**30
 WEIGHT_BYTES = {"nf4": 0.5 + 1 / 64 + 4 / (64 * 256), "int8": 1.0 + 4 / 4096, "none": 2.0}
 # fp32 LoRA weight + grad + AdamW's two moments.
 LORA_STATE_BYTES = 16
-# Activations kept by one decoder layer per token, in bytes per hidden / per MLP channel
-# (bf16 hidden, fp32 norms, q/k/v, LoRA inputs; gate, up, act(gate), product).
-LAYER_BYTES_PER_HIDDEN = 16.0
-LAYER_BYTES_PER_INTERMEDIATE = 8.0
-# Transient bytes per vision patch in the frozen tower (no_grad: nothing kept), per channel.
-VISION_BYTES_PER_CHANNEL = 6.0
-# Loss chunk: bf16 logits, their fp32 copy turned into probabilities, bf16 cast for the matmul.
-LOSS_BYTES_PER_LOGIT = 8
-# Allocated -> what the card must hold: the CUDA context and the caching allocator's slack.
+# Activations one decoder layer keeps per token, bytes per hidden / per MLP channel (bf16
+# hidden, fp32 norm copies, q/k/v, LoRA inputs; gate, up, act(gate), product). Calibrated:
+# 3B, nf4, bs1, no checkpointing kept 6.9 GiB over the weights on an H100 (2026-11-22).
+LAYER_BYTES_PER_HIDDEN = 12.0
+LAYER_BYTES_PER_INTERMEDIATE = 7.5
+# The layer being recomputed in backward holds its activations and their gradients:
+# calibrated on 3B nf4 bs 8 / 12 / 16 (peak minus weights minus kept inputs, per token).
+RECOMPUTE_FACTOR = 1.7
+# Transient bytes per vision patch per channel in the frozen tower (no_grad, nothing kept).
+# Not measured on its own: the language-model phases set every measured peak.
+VISION_BYTES_PER_CHANNEL = 2.0
+# Loss chunk: fp32 logits + logsumexp's fp32 temporary, bf16 logits / probabilities.
+LOSS_BYTES_PER_LOGIT = 10
+# The final norm's fp32 copies of the last hidden state, kept for backward.
+FINAL_NORM_BYTES_PER_HIDDEN = 8
+# Values per 14x14 patch of pixel_values: 3 channels x 2 frames x 14 x 14.
+PATCH_VALUES = 3 * 2 * 14 * 14
+# Allocated -> what the card must hold: the CUDA context and the caching allocator's slack
+# (reserved / allocated was 1.06-1.13 in the calibration runs).
 CUDA_CONTEXT_GIB = 0.5
-ALLOCATOR_SLACK = 0.10
+ALLOCATOR_SLACK = 0.13
 
 
 @dataclass
@@ -362,31 +372,20 @@ def estimate_peak_memory(
     weights += term(
         "LoRA + grads + AdamW (fp32)", f"{n_lora:,} x {LORA_STATE_BYTES} B", n_lora * 16
     )
-    per_layer = LAYER_BYTES_PER_HIDDEN * h + LAYER_BYTES_PER_INTERMEDIATE * arch["intermediate"]
-    if spec.gradient_checkpointing == "none":
-        kept = term(
-            "activations, every layer",
-            f"{tokens:,} tokens x {arch['layers']} layers x {per_layer:,.0f} B",
-            tokens * arch["layers"] * per_layer,
-        )
-        recompute = 0.0
-    else:
-        kept = term(
-            "checkpointed layer inputs (bf16)",
-            f"{tokens:,} tokens x {arch['layers']} layers x {2 * h} B",
-            tokens * arch["layers"] * 2 * h,
-        )
-        recompute = term(
-            "one layer recomputed in backward",
-            f"{tokens:,} tokens x {per_layer:,.0f} B",
-            tokens * per_layer,
-        )
+    kept, backward = _activation_terms(spec, arch, tokens, term)
     rows = min(spec.loss_chunk_size, bs * max_text_tokens)
     loss = term(
-        "loss chunk", f"{rows:,} rows x {arch['vocab']:,} x {LOSS_BYTES_PER_LOGIT} B",
-        rows * arch["vocab"] * LOSS_BYTES_PER_LOGIT,
-    )  # fmt: skip
+        "final norm (fp32) + loss chunk",
+        f"{tokens:,} x {h} x {FINAL_NORM_BYTES_PER_HIDDEN} B + "
+        f"{rows:,} rows x {arch['vocab']:,} x {LOSS_BYTES_PER_LOGIT} B",
+        tokens * h * FINAL_NORM_BYTES_PER_HIDDEN + rows * arch["vocab"] * LOSS_BYTES_PER_LOGIT,
+    )
     patches = bs * max_image_tokens * 4  # 2x2 patches merge into one token
+    weights += term(
+        "pixel values (bf16)",
+        f"{patches:,} patches x {PATCH_VALUES} x 2 B",
+        patches * PATCH_VALUES * 2,
+    )
     vis_channels = 6 * arch["vision_hidden"] + 3 * arch["vision_intermediate"]
     vision = term(
         "vision tower, transient (no_grad)",
@@ -394,17 +393,48 @@ def estimate_peak_memory(
         patches * vis_channels * VISION_BYTES_PER_CHANNEL,
     )
     # The tower runs before the language model keeps anything; the loss chunk before backward.
-    peak = weights + max(vision, kept + max(loss, recompute))
+    peak = weights + max(vision, kept + max(loss, backward))
     allocated = peak / GIB
     total = allocated * (1 + ALLOCATOR_SLACK) + CUDA_CONTEXT_GIB
     lines.append(
-        f"peak allocated: weights + max(vision, kept + max(loss, recompute)) = {allocated:.2f} GiB"
+        f"peak allocated: weights + max(vision, kept + max(loss, backward)) = {allocated:.2f} GiB"
     )
     lines.append(
         f"card needs: {allocated:.2f} x {1 + ALLOCATOR_SLACK:.2f} + {CUDA_CONTEXT_GIB} GiB "
         f"context = {total:.2f} GiB"
     )
     return MemoryEstimate(lines=lines, total_gib=round(total, 2), allocated_gib=round(allocated, 2))
+
+
+def _activation_terms(
+    spec: TrainSpec, arch: dict[str, int], tokens: int, term: Any
+) -> tuple[float, float]:
+    """(kept through the forward, extra during backward) for the language model."""
+    h, layers = arch["hidden"], arch["layers"]
+    per_layer = LAYER_BYTES_PER_HIDDEN * h + LAYER_BYTES_PER_INTERMEDIATE * arch["intermediate"]
+    if spec.gradient_checkpointing == "none":
+        kept = term(
+            "activations, every layer",
+            f"{tokens:,} tokens x {layers} layers x {per_layer:,.0f} B",
+            tokens * layers * per_layer,
+        )
+        grads = term(
+            "one layer's activation gradients in backward",
+            f"{tokens:,} tokens x {per_layer:,.0f} B x {RECOMPUTE_FACTOR - 1:.1f}",
+            tokens * per_layer * (RECOMPUTE_FACTOR - 1),
+        )
+        return kept, grads
+    kept = term(
+        "checkpointed layer inputs (bf16)",
+        f"{tokens:,} tokens x {layers} layers x {2 * h} B",
+        tokens * layers * 2 * h,
+    )
+    recompute = term(
+        "one layer recomputed in backward, with its gradients",
+        f"{tokens:,} tokens x {per_layer:,.0f} B x {RECOMPUTE_FACTOR}",
+        tokens * per_layer * RECOMPUTE_FACTOR,
+    )
+    return kept, recompute
 
 
 def _load_config(path: str) -> Any:

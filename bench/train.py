@@ -11,6 +11,13 @@ warm-up, divided by the micro-batch. The seed runs .bench/seed_recipe.py (carry 
 whose `make` writes the random 3B to /tmp/q3b; ours loads the same weights through
 vision.model's quantization settings, then train_model.prepare_model + compute_loss + AdamW.
 Prints a table; writes $OUT/train_bench.json.
+
+The device image lacks pydantic (TrainSpec needs it): carry its wheels, e.g.
+    pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+        --platform manylinux2014_x86_64 -d .bench/wheels pydantic==2.14.3 \
+        pydantic_core==2.50.4 annotated-types==0.8.0 typing-inspection==0.4.5 \
+        typing_extensions==4.16.0
+and install them with bitsandbytes (BENCHMARKS.md has the command).
 """
 
 from __future__ import annotations

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from typing import IO
 
 import click
 
@@ -36,7 +37,7 @@ def parse_size(value: str, what: str) -> tuple[int, int]:
 @click.option("--no-clip", is_flag=True, help="keep boxes that reach outside the image")
 @click.argument("file", type=click.File("r", encoding="utf-8"), default="-")
 def parse_cmd(
-    input_size: str, image_size: str, convention: str, no_clip: bool, file: click.utils.LazyFile
+    input_size: str, image_size: str, convention: str, no_clip: bool, file: IO[str]
 ) -> None:
     """Print the regions in FILE (or stdin) as JSON, boxes in ORIGINAL image pixels.
 

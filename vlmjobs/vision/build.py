@@ -213,15 +213,16 @@ def make_tokenizer() -> Qwen2Tokenizer:
     # Specials go into the vocab first so their ids are fixed (and in the real checkpoint's order).
     vocab.update(special_ids())
     merges = [tuple(m) if isinstance(m, list) else tuple(m.split(" ")) for m in state["merges"]]
+    # Merges as pairs (a "a b" string would be split again); no unk: byte-level covers all.
+    settings: dict[str, Any] = {"merges": merges, "unk_token": None}
     tok = Qwen2Tokenizer(
         vocab=vocab,
-        merges=merges,
         eos_token="<|im_end|>",
         pad_token="<|endoftext|>",
-        unk_token=None,
         extra_special_tokens=SPECIALS[1:],
         model_max_length=32768,
         chat_template=CHAT_TEMPLATE,
+        **settings,
     )
     got = {t: tok.convert_tokens_to_ids(t) for t in SPECIALS}
     if got != special_ids():

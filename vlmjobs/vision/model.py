@@ -225,17 +225,20 @@ class ImageOnlyProcessor(Qwen2_5_VLProcessor):
 def _image_processor(path: Path, min_pixels: int, max_pixels: int) -> Any:
     """The checkpoint's image processor with this pixel budget; PIL-based without torchvision."""
     # As kwargs, these override the checkpoint's own min/max_pixels (a size= would not).
-    budget = {"min_pixels": min_pixels, "max_pixels": max_pixels}
     if has_torchvision():
         from transformers import AutoImageProcessor
 
-        image = AutoImageProcessor.from_pretrained(path, **budget)
+        image = AutoImageProcessor.from_pretrained(
+            path, min_pixels=min_pixels, max_pixels=max_pixels
+        )
     else:
         from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import (
             Qwen2VLImageProcessorPil,
         )
 
-        image = Qwen2VLImageProcessorPil.from_pretrained(path, **budget)
+        image = Qwen2VLImageProcessorPil.from_pretrained(
+            path, min_pixels=min_pixels, max_pixels=max_pixels
+        )
     return image
 
 

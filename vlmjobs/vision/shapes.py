@@ -106,9 +106,9 @@ def _draw(draw: ImageDraw.ImageDraw, shape: str, box: list[int], colour: str) ->
     if points is None:
         draw.ellipse([x, y, x + w - 1, y + h - 1], fill=rgb)
         return box
-    points = [(round(px), round(py)) for px, py in points]
-    draw.polygon(points, fill=rgb)
-    xs, ys = [p[0] for p in points], [p[1] for p in points]
+    pixels = [(round(px), round(py)) for px, py in points]
+    draw.polygon(pixels, fill=rgb)
+    xs, ys = [p[0] for p in pixels], [p[1] for p in pixels]
     return [min(xs), min(ys), max(xs) + 1, max(ys) + 1]
 
 

@@ -39,6 +39,7 @@ def _step(model, processor) -> float:
         ("fp32", "none", torch.float32),  # case: full precision
         ("bf16", "none", torch.bfloat16),  # case: bf16 stays bf16 on CPU
         ("bf16", "nf4", torch.uint8),  # case: QLoRA 4-bit, packed uint8 weights
+        ("bf16", "int8", torch.int8),  # case: LLM.int8()
     ],
 )
 def test_load_dtypes_and_quantization(tiny_checkpoint, dtype, quantization, weight_dtype):

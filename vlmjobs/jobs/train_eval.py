@@ -1,8 +1,8 @@
-"""Evaluation during training: validation loss, and task metrics from generated answers.
+"""Evaluation during training: answer-token scores, and task metrics from generated answers.
 
-The loss is the same token-weighted answer CE as training (no dropout). Task metrics
-generate greedily from the prompt alone, parse the answer with the task's parser and
-score it against the target parsed the same way (``evaluate.py``): regions P/R/F1 at
+Teacher-forced on the answer tokens: the token-weighted CE of training (no dropout) and
+token accuracy. Task metrics generate greedily from the prompt alone, parse the answer
+with the task's parser and score it against the target parsed the same way (``evaluate.py``): regions P/R/F1 at
 IoU 0.5 with phrase match, JSON edit distance and field accuracy, and for every task
 the parse rate (the share of answers the parser reads as ok or repaired).
 """
@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
 from vlmjobs.jobs.evaluate import (
@@ -23,7 +24,7 @@ from vlmjobs.jobs.evaluate import (
     parse_json,
 )
 from vlmjobs.jobs.train_data import Sample, collate
-from vlmjobs.jobs.train_model import causal_lm, compute_loss
+from vlmjobs.jobs.train_model import IGNORE, causal_lm
 from vlmjobs.specs.train import TrainSpec
 from vlmjobs.vision.frames import input_size
 from vlmjobs.vision.generate import Generator
@@ -41,7 +42,7 @@ def evaluate(
 ) -> dict[str, float]:
     """Metrics on ``val`` (already cut to eval.max_samples). Leaves the model in eval mode."""
     model.eval()
-    metrics = {"loss": validation_loss(model, processor, val, spec, device)}
+    metrics = answer_scores(model, processor, val, spec, device)
     if spec.eval.generate:
         answers = generate_answers(model, processor, val, spec, device)
         metrics.update(task_metrics(val, answers, manifest))
@@ -49,17 +50,31 @@ def evaluate(
 
 
 @torch.no_grad()
-def validation_loss(
+def answer_scores(
     model: Any, processor: Any, val: list[Sample], spec: TrainSpec, device: str
-) -> float:
-    """Mean CE over all answer tokens of ``val`` (token-weighted, like training)."""
-    loss_sum, tokens = 0.0, 0
+) -> dict[str, float]:
+    """Teacher-forced scores on the answer tokens of ``val``: mean CE (token-weighted, as
+    in training) and token accuracy (the argmax is the target token).
+
+    Accuracy shows learning even where the loss cannot fall far: a model whose frozen
+    LM head cannot make its outputs confident still moves the argmax onto the target.
+    """
+    lm = causal_lm(model)
+    loss_sum, correct, tokens = 0.0, 0, 0
     for start in range(0, len(val), spec.micro_batch_size):
         batch = collate(processor, val[start : start + spec.micro_batch_size], device)
-        loss, n = compute_loss(model, batch, chunk_size=spec.loss_chunk_size)
-        loss_sum += float(loss) * n
-        tokens += n
-    return loss_sum / max(tokens, 1)
+        labels = batch.pop("labels")
+        hidden = lm.model(**batch, use_cache=False, return_dict=True).last_hidden_state
+        targets = labels[:, 1:]
+        keep = targets != IGNORE
+        rows, wanted = hidden[:, :-1][keep], targets[keep]
+        for first in range(0, len(wanted), spec.loss_chunk_size):
+            part = slice(first, first + spec.loss_chunk_size)
+            logits = lm.lm_head(rows[part]).float()
+            loss_sum += float(F.cross_entropy(logits, wanted[part], reduction="sum"))
+            correct += int((logits.argmax(dim=-1) == wanted[part]).sum())
+        tokens += len(wanted)
+    return {"loss": loss_sum / max(tokens, 1), "token_accuracy": correct / max(tokens, 1)}
 
 
 def generate_answers(

@@ -23,6 +23,7 @@ KNOWN_MODULES = LANGUAGE_MODULES | VISION_MODULES | {"all-linear"}
 # Task metrics the evaluation can compute, and which direction is better.
 METRIC_MODES: dict[str, Literal["min", "max"]] = {
     "loss": "min",  # held-out answer-token CE; needs no generation
+    "token_accuracy": "max",  # held-out answer tokens whose argmax is the target; no generation
     "region_f1": "max",  # regions: F1 at IoU 0.5 with phrase match
     "region_precision": "max",
     "region_recall": "max",
@@ -139,6 +140,7 @@ class EvalSpec(Strict):
     # The metric that picks the best checkpoint and drives early stopping.
     metric: Literal[
         "loss",
+        "token_accuracy",
         "region_f1",
         "region_precision",
         "region_recall",
@@ -151,7 +153,7 @@ class EvalSpec(Strict):
 
     @model_validator(mode="after")
     def _metric_needs_generation(self) -> EvalSpec:
-        if self.metric != "loss" and not self.generate:
+        if self.metric not in ("loss", "token_accuracy") and not self.generate:
             raise ValueError(f"eval.metric {self.metric!r} needs eval.generate: true")
         return self
 

@@ -129,6 +129,8 @@ def run_ours(
     gen = Generator(model, processor, max_batch=batch, engine=engine)
     if engine == "static" and not graphs:
         gen._static_decoder().cuda_graphs = False  # the same decode step, launched eagerly
+    if engine == "static" and "_p8" in name:
+        gen._static_decoder().prefill_rows = 8  # prefill 8 rows at a time instead of 4
     inputs = synthetic_batch(model.config, batch, grid)
     settings = dict(max_new_tokens=new, min_new_tokens=new)
     t = time.time()
@@ -205,7 +207,7 @@ def common_prefix(a: list[int], b: list[int]) -> int:
 
 
 def child(args: argparse.Namespace) -> dict:
-    """One config: check_ARCH | ours_ARCH[_hf|_eager] (ARCH: tiny, 3b, 7b)."""
+    """One config: check_ARCH[_fp32] | profile_ARCH | ours_ARCH[_hf|_eager|_p8] (tiny, 3b, 7b)."""
     name = args.run
     if name.startswith("check_"):
         return run_check(name, name.split("_")[1], args.batch[0], args.tiny, "_fp32" in name)
@@ -224,6 +226,9 @@ def spawn(argv: list[str], timeout: int) -> list[dict]:
         return [{"config": " ".join(argv[2:]), "error": f"timed out after {timeout} s"}]
     rows = [json.loads(line[7:]) for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
     rows += [json.loads(line) for line in proc.stdout.splitlines() if line.startswith('{"config"')]
+    for line in proc.stdout.splitlines():  # what else a child printed (profile tables, notes)
+        if not line.startswith(("RESULT ", '{"config"')):
+            print(line, flush=True)
     if not rows:
         rows = [{"config": " ".join(argv[2:]), "error": (proc.stderr or proc.stdout)[-1500:]}]
     for row in rows:

@@ -31,7 +31,7 @@ from torch.nn import functional as F
 from transformers import BatchFeature, DynamicCache
 from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import apply_rotary_pos_emb_vision
 
-SLOT_ROUND = 256  # cache length is rounded up to this, so batches of similar length share a graph
+SLOT_ROUND = 64  # cache length is rounded up to this: batches of similar length share a graph
 MAX_GRAPHS = 4  # captured graphs kept (each holds its own activation pool)
 
 

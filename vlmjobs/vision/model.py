@@ -194,10 +194,8 @@ def load_processor(path: str | Path, *, min_pixels: int, max_pixels: int) -> Qwe
     tokenizer = AutoTokenizer.from_pretrained(path)
     template = tokenizer.chat_template or _read_template(path)
     image = _image_processor(path, min_pixels, max_pixels)
-    if has_torchvision():
-        from transformers import AutoVideoProcessor
-
-        video = AutoVideoProcessor.from_pretrained(path)
+    video = _video_processor(path) if has_torchvision() else None
+    if video is not None:
         return Qwen2_5_VLProcessor(
             image_processor=image,
             tokenizer=tokenizer,
@@ -205,6 +203,18 @@ def load_processor(path: str | Path, *, min_pixels: int, max_pixels: int) -> Qwe
             chat_template=template,
         )
     return ImageOnlyProcessor(image_processor=image, tokenizer=tokenizer, chat_template=template)
+
+
+def _video_processor(path: Path) -> Any | None:
+    """The checkpoint's video processor, or None (vlmjobs sends images only, so a checkpoint
+    without a loadable video config still works)."""
+    from transformers import AutoVideoProcessor
+
+    try:
+        return AutoVideoProcessor.from_pretrained(path)
+    except (OSError, ValueError, ImportError) as err:
+        log.info("no video processor for %s (%s); images only", path, err)
+        return None
 
 
 class ImageOnlyProcessor(Qwen2_5_VLProcessor):
@@ -232,13 +242,15 @@ def _image_processor(path: Path, min_pixels: int, max_pixels: int) -> Any:
             path, min_pixels=min_pixels, max_pixels=max_pixels
         )
     else:
-        from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import (
-            Qwen2VLImageProcessorPil,
-        )
-
-        image = Qwen2VLImageProcessorPil.from_pretrained(
-            path, min_pixels=min_pixels, max_pixels=max_pixels
-        )
+        try:
+            from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import (
+                Qwen2VLImageProcessorPil as ImageProcessor,
+            )
+        except ImportError:  # transformers before the PIL/torchvision split: the slow one is PIL
+            from transformers.models.qwen2_vl.image_processing_qwen2_vl import (
+                Qwen2VLImageProcessor as ImageProcessor,  # type: ignore[assignment]
+            )
+        image = ImageProcessor.from_pretrained(path, min_pixels=min_pixels, max_pixels=max_pixels)
     return image
 
 

@@ -58,7 +58,6 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "nf4-bs16": {"bs": 16},
     "bf16-bs4": {"bs": 4, "quant": "none"},
     "bf16-bs8": {"bs": 8, "quant": "none"},
-    "nf4-bs8-compile": {"bs": 8, "compile": True},
 }
 DEFAULT_GPU = [
     "nf4-bs8", "nf4-bs16", "nf4-bs12", "bf16-bs4", "nf4-bs8-loopwin", "nf4-bs4", "nf4-bs1",
@@ -131,36 +130,33 @@ def load_base(spec: Any, model_dir: Path, device: str) -> Any:
     return Qwen2_5_VLForConditionalGeneration.from_pretrained(model_dir, **kwargs)
 
 
-def run_one(name: str, model_dir: Path, tiny: bool, steps: int) -> dict[str, Any]:
-    """One configuration in this process: load, prepare, time ``steps`` steps after 2 warm-up."""
+def build_model(cfg: dict[str, Any], spec: Any, model_dir: Path, device: str) -> Any:
+    """The base model with LoRA attached the way ``cfg`` says."""
     from peft import LoraConfig, get_peft_model
 
-    from vlmjobs.jobs.train_model import (
-        architecture,
-        compute_loss,
-        estimate_peak_memory,
-        prepare_model,
-    )
+    from vlmjobs.jobs.train_model import prepare_model
 
-    cfg = CONFIGS[name]
-    device = "cpu" if tiny else "cuda"
-    spec = make_spec(model_dir, cfg, tiny)
     model = load_base(spec, model_dir, device)
     if cfg.get("hf"):  # the seeds' way: peft defaults, full logits, transformers' loss
         lora = LoraConfig(
             r=4, lora_alpha=16, lora_dropout=0.05, target_modules=["q_proj", "v_proj"]
         )
-        model = get_peft_model(model, lora)
-    elif cfg.get("loop_windows"):  # measure the batched-window lever by undoing it
-        model = prepare_model(model, spec)
+        return get_peft_model(model, lora)
+    model = prepare_model(model, spec)
+    if cfg.get("loop_windows"):  # measure the batched-window lever by undoing it
         for block in model.get_base_model().model.visual.blocks:
             del block.attn.forward
-    else:
-        model = prepare_model(model, spec)
-    if cfg.get("compile"):  # each decoder layer compiled; same code, so one graph for all
-        for layer in model.get_base_model().model.language_model.layers:
-            layer.compile()
-    model.train()
+    return model
+
+
+def run_one(name: str, model_dir: Path, tiny: bool, steps: int) -> dict[str, Any]:
+    """One configuration in this process: load, prepare, time ``steps`` steps after 2 warm-up."""
+    from vlmjobs.jobs.train_model import architecture, compute_loss, estimate_peak_memory
+
+    cfg = CONFIGS[name]
+    device = "cpu" if tiny else "cuda"
+    spec = make_spec(model_dir, cfg, tiny)
+    model = build_model(cfg, spec, model_dir, device).train()
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=2e-4, fused=not tiny)
     dtype = next(p.dtype for p in model.get_base_model().model.visual.parameters())

@@ -360,18 +360,8 @@ def estimate_peak_memory(
         lines.append(f"{name}: {formula} = {value / GIB:.2f} GiB")
         return value
 
-    quant = spec.model.quantization
-    weights = term(
-        f"language-model linear weights ({quant})",
-        f"{arch['lm_linear']:,} x {WEIGHT_BYTES[quant]:.3f} B",
-        arch["lm_linear"] * WEIGHT_BYTES[quant],
-    )
-    other = arch["embed"] + arch["lm_head"] + arch["vision"]
-    weights += term("embeddings + LM head + vision tower (bf16)", f"{other:,} x 2 B", other * 2)
-    n_lora = lora_params(arch, spec.lora.targets, spec.lora.r)
-    weights += term(
-        "LoRA + grads + AdamW (fp32)", f"{n_lora:,} x {LORA_STATE_BYTES} B", n_lora * 16
-    )
+    patches = bs * max_image_tokens * 4  # 2x2 patches merge into one token
+    weights = _resident_terms(spec, arch, patches, term)
     kept, backward = _activation_terms(spec, arch, tokens, term)
     rows = min(spec.loss_chunk_size, bs * max_text_tokens)
     loss = term(
@@ -379,12 +369,6 @@ def estimate_peak_memory(
         f"{tokens:,} x {h} x {FINAL_NORM_BYTES_PER_HIDDEN} B + "
         f"{rows:,} rows x {arch['vocab']:,} x {LOSS_BYTES_PER_LOGIT} B",
         tokens * h * FINAL_NORM_BYTES_PER_HIDDEN + rows * arch["vocab"] * LOSS_BYTES_PER_LOGIT,
-    )
-    patches = bs * max_image_tokens * 4  # 2x2 patches merge into one token
-    weights += term(
-        "pixel values (bf16)",
-        f"{patches:,} patches x {PATCH_VALUES} x 2 B",
-        patches * PATCH_VALUES * 2,
     )
     vis_channels = 6 * arch["vision_hidden"] + 3 * arch["vision_intermediate"]
     vision = term(
@@ -404,6 +388,28 @@ def estimate_peak_memory(
         f"context = {total:.2f} GiB"
     )
     return MemoryEstimate(lines=lines, total_gib=round(total, 2), allocated_gib=round(allocated, 2))
+
+
+def _resident_terms(spec: TrainSpec, arch: dict[str, int], patches: int, term: Any) -> float:
+    """Bytes present for the whole step: weights, LoRA with its optimizer, the batch's pixels."""
+    quant = spec.model.quantization
+    weights = term(
+        f"language-model linear weights ({quant})",
+        f"{arch['lm_linear']:,} x {WEIGHT_BYTES[quant]:.3f} B",
+        arch["lm_linear"] * WEIGHT_BYTES[quant],
+    )
+    other = arch["embed"] + arch["lm_head"] + arch["vision"]
+    weights += term("embeddings + LM head + vision tower (bf16)", f"{other:,} x 2 B", other * 2)
+    n_lora = lora_params(arch, spec.lora.targets, spec.lora.r)
+    weights += term(
+        "LoRA + grads + AdamW (fp32)", f"{n_lora:,} x {LORA_STATE_BYTES} B", n_lora * 16
+    )
+    weights += term(
+        "pixel values (bf16)",
+        f"{patches:,} patches x {PATCH_VALUES} x 2 B",
+        patches * PATCH_VALUES * 2,
+    )
+    return weights
 
 
 def _activation_terms(

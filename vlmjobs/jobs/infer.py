@@ -44,6 +44,10 @@ from vlmjobs.vision.inputs import build_inputs
 from vlmjobs.vision.model import load_model
 
 QUEUE_BATCHES = 2  # prepared batches waiting for the GPU: enough to hide decoding
+HEARTBEAT_S = 1.0  # longest wait on the producer between heartbeats / stop checks
+# Items settled without the model (done before, duplicates, failed) are reported in
+# groups this large, so a resume that skips a long done prefix still shows progress.
+SETTLED_FLUSH = 256
 
 
 @dataclass
@@ -81,7 +85,6 @@ class Tally:
     parsed_ok: int = 0
     generated: int = 0
     regions: int = 0
-    model_s: float = 0.0
     started: float = field(default_factory=time.monotonic)
 
 
@@ -149,18 +152,20 @@ def _consume(
     while True:
         if ctx.should_stop():
             return True
-        unit = units.get()
+        try:
+            unit = units.get(timeout=HEARTBEAT_S)
+        except queue.Empty:  # the producer is still reading: keep the heartbeat going
+            ctx.progress(tally.done, total)
+            continue
         if unit is None:
             return False
         if isinstance(unit, BaseException):
             raise unit
-        started = time.monotonic()
         outputs = list(unit.failed)
         if unit.ready:
             outputs += label(
                 generator, processor, unit.ready, spec, plan, batch=unit.batch, event=ctx.event
             )
-        tally.model_s += time.monotonic() - started
         ctx.save_outputs(outputs)
         _count(tally, unit, outputs)
         ctx.progress(tally.done, total)
@@ -244,6 +249,9 @@ def _produce(
     for raw in iter_items(spec.inputs, spec.include, spec.exclude):
         if stop.is_set():
             return
+        if pending.skipped + len(pending.failed) >= SETTLED_FLUSH:
+            _put(units, Unit(failed=pending.failed, skipped=pending.skipped), stop)
+            pending.failed, pending.skipped = [], 0
         if raw.key in seen:
             pending.skipped += 1
             continue

@@ -24,7 +24,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+# The repo root instead of bench/ (bench/queue.py would shadow the stdlib's queue).
+HERE = Path(__file__).resolve().parent
+sys.path[:] = [str(HERE.parent)] + [p for p in sys.path if Path(p or ".").resolve() != HERE]
 
 from vlmjobs.jobs.clean import clean  # noqa: E402
 from vlmjobs.jobs.clean_embed import PhraseVectors, embed_device, load_sentence_model  # noqa: E402

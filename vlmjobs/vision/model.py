@@ -242,15 +242,20 @@ def _image_processor(path: Path, min_pixels: int, max_pixels: int) -> Any:
             path, min_pixels=min_pixels, max_pixels=max_pixels
         )
     else:
+        image_class: Any
         try:
             from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import (
-                Qwen2VLImageProcessorPil as ImageProcessor,
+                Qwen2VLImageProcessorPil,
             )
+
+            image_class = Qwen2VLImageProcessorPil
         except ImportError:  # transformers before the PIL/torchvision split: the slow one is PIL
             from transformers.models.qwen2_vl.image_processing_qwen2_vl import (
-                Qwen2VLImageProcessor as ImageProcessor,  # type: ignore[assignment]
+                Qwen2VLImageProcessor,
             )
-        image = ImageProcessor.from_pretrained(path, min_pixels=min_pixels, max_pixels=max_pixels)
+
+            image_class = Qwen2VLImageProcessor
+        image = image_class.from_pretrained(path, min_pixels=min_pixels, max_pixels=max_pixels)
     return image
 
 

@@ -202,3 +202,23 @@ def test_render_command_and_errors(tmp_path: Path, db_job: int) -> None:
     assert len(list((tmp_path / "r").glob("*.png"))) == 2
     missing = runner.invoke(cli, ["results", "999"])
     assert missing.exit_code == 2 and "no job 999" in missing.output
+
+
+def test_status_shows_rate_parse_rate_and_eta(db_job: int) -> None:
+    from vlmjobs.db.models import Job, Metric
+    from vlmjobs.db.session import session
+
+    with session() as s:
+        job = s.get(Job, db_job)
+        job.state, job.progress_done, job.progress_total = "running", 30, 130
+        s.add_all(
+            [
+                Metric(job_id=db_job, step=1, name="images_per_s", value=1.0),
+                Metric(job_id=db_job, step=2, name="images_per_s", value=4.0),
+                Metric(job_id=db_job, step=2, name="parse_ok_rate", value=0.875),
+            ]
+        )
+    result = CliRunner().invoke(cli, ["status", str(db_job)])
+    assert result.exit_code == 0, result.output
+    line = next(x for x in result.output.splitlines() if x.strip().startswith("images"))
+    assert line.split(None, 1)[1] == "30/130 done, 4.00 images/s, parse ok 87.5%, ETA 25 s"

@@ -186,6 +186,10 @@ def test_infer_job_over_folder_tar_zip_and_exports(
         names = set(s.scalars(select(Metric.name).where(Metric.job_id == job_id)))
     assert {"images_per_s", "parse_ok_rate"} <= names
 
+    shown = vlmjobs_cli("status", str(job_id)).output
+    assert (
+        f"images    {data['items']}/{data['items']} done, " in shown and "parse ok 100.0%" in shown
+    )
     check_exports(job_id, vlmjobs_cli, tmp_path, data)
 
 

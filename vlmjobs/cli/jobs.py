@@ -184,7 +184,7 @@ def _table(jobs: list[Job], metrics: dict[int, str]) -> str:
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows)
 
 
-def _detail(job: Job, events: list[JobEvent], metric: str) -> str:
+def _detail(job: Job, events: list[JobEvent], metric: str, more: list[str] | None = None) -> str:
     lines = [
         f"job {job.id}  {job.kind}  {job.name or ''}".rstrip(),
         f"  state     {job.state}  (attempt {job.attempts} of {job.max_attempts})",
@@ -193,6 +193,7 @@ def _detail(job: Job, events: list[JobEvent], metric: str) -> str:
         f"  queue     {job.queue}  priority {job.priority}",
         f"  age       {_age(job.created_at)}  running time {_duration(job)}",
         f"  metric    {metric}",
+        *(more or []),  # kind-specific lines (infer: images/s, parse rate, ETA)
     ]
     if job.result:
         lines.append(f"  result    {json.dumps(job.result)}")
@@ -228,9 +229,13 @@ def _render(
                     ]
                 }
                 return json.dumps(d, indent=2), job.state in TERMINAL
-            return _detail(job, events[-15:], _last_metrics(s, [job_id]).get(job_id, "-")), (
-                job.state in TERMINAL
-            )
+            more = []
+            if job.kind == "infer":
+                from vlmjobs.cli.results import throughput_line
+
+                more.append(throughput_line(s, job))
+            metric = _last_metrics(s, [job_id]).get(job_id, "-")
+            return _detail(job, events[-15:], metric, more), job.state in TERMINAL
         q = select(Job).order_by(desc(Job.id)).limit(limit)
         q = q.where(Job.kind == kind) if kind else q
         q = q.where(Job.state == state) if state else q

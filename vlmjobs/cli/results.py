@@ -293,6 +293,35 @@ def iter_outputs(job_id: int, chunk: int = 500) -> Iterator[dict[str, Any]]:
         yield from batch
 
 
+def throughput_line(s: Any, job: Any) -> str:
+    """``images  done/total, N images/s, parse ok P%, ETA T`` for `vlmjobs status JOB` of an
+    infer job, from its latest metrics; ETA only while it runs and the total is known."""
+    from sqlalchemy import desc, select
+
+    from vlmjobs.db.models import Metric
+
+    latest: dict[str, float] = {}
+    for name in ("images_per_s", "parse_ok_rate"):
+        value = s.scalars(
+            select(Metric.value)
+            .where(Metric.job_id == job.id, Metric.name == name)
+            .order_by(desc(Metric.id))
+            .limit(1)
+        ).first()
+        if value is not None:
+            latest[name] = value
+    total = job.progress_total if job.progress_total is not None else "?"
+    parts = [f"{job.progress_done}/{total} done"]
+    rate = latest.get("images_per_s")
+    if rate is not None:
+        parts.append(f"{rate:.2f} images/s")
+    if "parse_ok_rate" in latest:
+        parts.append(f"parse ok {100 * latest['parse_ok_rate']:.1f}%")
+    if rate and job.state == "running" and job.progress_total is not None:
+        parts.append(f"ETA {max(job.progress_total - job.progress_done, 0) / rate:.0f} s")
+    return "  images    " + ", ".join(parts)
+
+
 def model_version(job: dict[str, Any]) -> str:
     """``<model dir name>[+<adapter>]`` as the job's spec names them."""
     model = job["spec"].get("model", {})

@@ -395,3 +395,20 @@ def test_a_second_run_replaces_the_output(known: Path, tmp_path: Path) -> None:
     data = tmp_path / "job/data"
     assert len(_records(data, "train")) == 0 and len(_records(data, "val")) == 3
     assert [p.name for p in (tmp_path / "job").iterdir()] == ["data"]
+
+
+def test_phrase_vectors_cache_and_threshold(minilm: Any) -> None:
+    from vlmjobs.jobs.clean_embed import PhraseVectors
+
+    vectors = PhraseVectors(minilm, batch_size=4, max_cached=3)
+    first = vectors.lookup(["man with a red hat", "man wearing a red hat", "tree with leaves"])
+    assert vectors.encoded == 3
+    again = vectors.lookup(["man with a red hat"])
+    assert vectors.encoded == 3  # a cache hit: the model is not called
+    np.testing.assert_array_equal(again["man with a red hat"], first["man with a red hat"])
+    assert all(abs(np.linalg.norm(v) - 1) < 1e-3 for v in first.values())
+    # the default distance_threshold (0.3) separates a paraphrase from another object
+    distance = {k: 1 - float(first[k] @ first["man with a red hat"]) for k in first}
+    assert distance["man wearing a red hat"] < 0.3 < distance["tree with leaves"]
+    both = vectors.lookup(["sky", "grass"])  # over max_cached: the older half is forgotten
+    assert set(both) == {"sky", "grass"} and len(vectors.cache) <= 3

@@ -13,13 +13,14 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
+from datetime import datetime
 from pathlib import Path
 
 import pytest
 from PIL import Image
 from sqlalchemy import func, select
 
-from vlmjobs.db.models import Job, Output, Schedule, ScheduleEvent
+from vlmjobs.db.models import Job, Output, Schedule, ScheduleEvent, utcnow
 from vlmjobs.db.session import session
 from vlmjobs.vision.build import make_model
 
@@ -199,3 +200,61 @@ def _active(sid: int) -> bool:
     with session() as s:
         q = select(Job.id).where(Job.schedule_id == sid, Job.state.in_(("queued", "running")))
         return s.scalar(q) is not None
+
+
+def fire_slots(sid: int) -> list[tuple[datetime, datetime, str]]:
+    """(slot, event time, message) of every scheduled fire or skip of the schedule."""
+    with session() as s:
+        q = select(ScheduleEvent).where(ScheduleEvent.schedule_id == sid)
+        events = list(s.scalars(q.order_by(ScheduleEvent.id)))
+    found = ((re.search(r"slot ([\d:. -]+\d)", e.message), e) for e in events)
+    return [(datetime.fromisoformat(hit.group(1)), e.time, e.message) for hit, e in found if hit]
+
+
+def schedule_row(name: str) -> Schedule:
+    with session() as s:
+        return s.scalars(select(Schedule).where(Schedule.name == name)).one()
+
+
+def test_beat_fires_while_the_worker_is_busy_and_catches_up_once(
+    tmp_path, vlmjobs_cli, start_worker, start_beat, wait_for_state
+) -> None:
+    slow = tmp_path / "slow.yaml"
+    slow.write_text("items: 4\nsleep_s: 1.0\n")
+    fast = tmp_path / "fast.yaml"
+    fast.write_text("items: 1\n")
+    start_worker()
+    beat = start_beat("a")
+    assert (
+        vlmjobs_cli("schedule", "add", "busy", "--every", "1s", "sleepy", str(slow)).exit_code == 0
+    )
+    busy = schedule_row("busy").id
+    # The only worker runs the first slow run; beat keeps evaluating slots meanwhile.
+    wait_until(lambda: schedule_row("busy").last_job_id is not None, 60, "a busy run", tmp_path)
+    first = schedule_row("busy").last_job_id
+    wait_for_state(first, {"running"}, timeout=60)
+    wait_until(lambda: schedule_row("busy").skips >= 2, 30, "skips while busy", tmp_path)
+    with session() as s:
+        assert s.get_one(Job, first).state == "running"
+    assert run_count(busy) == 1
+    assert vlmjobs_cli("schedule", "pause", "busy").exit_code == 0
+
+    res = vlmjobs_cli("schedule", "add", "late", "--every", "2s", "sleepy", str(fast))
+    assert res.exit_code == 0
+    late = schedule_row("late").id
+    wait_until(lambda: run_count(late) >= 1, 60, "a first run of 'late'", tmp_path)
+    stop(beat)
+    time.sleep(7)  # three or four slots pass with no beat
+    restarted = utcnow()
+    beat = start_beat("a")
+    wait_until(
+        lambda: any("catch-up" in m for _, _, m in fire_slots(late)), 60, "a catch-up", tmp_path
+    )
+    time.sleep(3)
+    # Of what this beat fired, exactly one is for a slot from its downtime: the catch-up.
+    after = [(slot, m) for slot, t, m in fire_slots(late) if t >= restarted]
+    from_downtime = [m for slot, m in after if slot < restarted]
+    assert len(from_downtime) == 1 and "catch-up" in from_downtime[0], after
+    slots = [slot for slot, _, _ in fire_slots(late)]
+    assert len(slots) == len(set(slots))
+    assert beat.poll() is None

@@ -20,6 +20,7 @@ components equal ``len_i + rope_delta_i + t``, so its rotary embedding is the pl
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -30,6 +31,8 @@ import torch
 from torch.nn import functional as F
 from transformers import BatchFeature, DynamicCache
 from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import apply_rotary_pos_emb_vision
+
+log = logging.getLogger(__name__)
 
 SLOT_ROUND = 64  # cache length is rounded up to this: batches of similar length share a graph
 MAX_GRAPHS = 4  # captured graphs kept (each holds its own activation pool)
@@ -157,10 +160,11 @@ class StaticDecoder:
         last = []
         for start in range(0, rows, self.prefill_rows):
             stop = min(rows, start + self.prefill_rows)
-            part = with_token_types(
-                slice_batch(batch, start, stop, self.model.config), self.model.config
-            )
-            part = {k: v.to(self.device) for k, v in part.items()}
+            rows_cpu = slice_batch(batch, start, stop, self.model.config)
+            part = {
+                k: v.to(self.device)
+                for k, v in with_token_types(rows_cpu, self.model.config).items()
+            }
             width = part["input_ids"].shape[1]  # <= length: shared left padding was dropped
             types = part.get("mm_token_type_ids", torch.zeros_like(part["input_ids"]))
             positions, deltas = self.vl.get_rope_index(
@@ -243,6 +247,24 @@ class StaticDecoder:
         state["position"] += 1
         state["slot"] += 1
 
+    def _first_step(self, state: dict[str, torch.Tensor], saved: dict[str, torch.Tensor]) -> None:
+        """One step that compiles the fused kernels; where compiling cannot work (no triton,
+        no C compiler) the same functions run eagerly: slower, same results."""
+        try:
+            self._step(state)
+        except torch.cuda.OutOfMemoryError:
+            raise  # the caller splits the batch
+        except Exception as err:  # noqa: BLE001 - inductor raises many kinds; all mean "cannot"
+            if self.fused is FUSED:
+                raise
+            log.warning(
+                "torch.compile of the decode kernels failed (%s): running them eagerly", err
+            )
+            self.fused = FUSED
+            for k, v in saved.items():
+                state[k].copy_(v)
+            self._step(state)
+
     def _graph_step(self, rows: int, slots: int, state: dict[str, torch.Tensor]) -> Any:
         """A replay function for the decode step of this shape, capturing it on first use."""
         key = (rows, slots)
@@ -251,8 +273,8 @@ class StaticDecoder:
             stream = torch.cuda.Stream()
             stream.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(stream):  # warm-up runs allocate outside the graph's pool
-                for _ in range(2):
-                    self._step(state)
+                self._first_step(state, saved)
+                self._step(state)
             torch.cuda.current_stream().wait_stream(stream)
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph):

@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
 from vlmjobs.specs.train import LANGUAGE_MODULES, VISION_MODULES, TrainSpec
@@ -54,13 +54,13 @@ def lora_target_regex(targets: list[str], *, vision: bool) -> str:
     return rf"(?:.*\.)?(?:{'|'.join(parts)})"
 
 
-def causal_lm(model: nn.Module) -> nn.Module:
+def causal_lm(model: Any) -> Any:
     """The Qwen2_5_VLForConditionalGeneration inside a PeftModel (or the model itself)."""
     get_base = getattr(model, "get_base_model", None)
     return get_base() if callable(get_base) else model
 
 
-def prepare_model(model: nn.Module, spec: TrainSpec) -> nn.Module:
+def prepare_model(model: Any, spec: TrainSpec) -> Any:
     """Freeze the base, attach LoRA, set activation checkpointing; returns the PeftModel.
 
     ``model`` is a Qwen2_5_VLForConditionalGeneration as ``vision.model.load_model`` returns
@@ -79,7 +79,7 @@ def prepare_model(model: nn.Module, spec: TrainSpec) -> nn.Module:
     lora = spec.lora
     config = LoraConfig(
         r=lora.r,
-        lora_alpha=lora.alpha,
+        lora_alpha=lora.alpha,  # type: ignore[arg-type]  # peft annotates int; floats work
         lora_dropout=lora.dropout,
         bias="none",
         target_modules=lora_target_regex(lora.targets, vision=lora.vision),
@@ -100,7 +100,7 @@ def prepare_model(model: nn.Module, spec: TrainSpec) -> nn.Module:
     return peft_model
 
 
-def _checkpoint_layers(layers: nn.ModuleList) -> None:
+def _checkpoint_layers(layers: Any) -> None:
     """Recompute these layers in backward (transformers' GradientCheckpointingLayer hook).
 
     Non-reentrant: gradients reach the LoRA weights inside even though the layer inputs
@@ -114,7 +114,7 @@ def _checkpoint_layers(layers: nn.ModuleList) -> None:
 # ---------------------------------------------------------------- vision attention
 
 
-def group_vision_windows(visual: nn.Module) -> None:
+def group_vision_windows(visual: Any) -> None:
     """Run the vision tower's windowed SDPA attention as a few batched calls.
 
     transformers' SDPA path loops over windows: ~70 tiny attention calls per image in each
@@ -142,7 +142,7 @@ def _length_groups(cu_seqlens: Tensor) -> list[tuple[Tensor, int, int]]:
 
 
 def _grouped_attention_forward(
-    self: nn.Module,
+    self: Any,
     groups_cache: list[tuple[Tensor, list[tuple[Tensor, int, int]]]],
     hidden_states: Tensor,
     cu_seqlens: Tensor,
@@ -177,7 +177,7 @@ def _grouped_attention_forward(
 
 
 def compute_loss(
-    model: nn.Module, batch: dict[str, Tensor], *, chunk_size: int = 1024
+    model: Any, batch: dict[str, Tensor], *, chunk_size: int = 1024
 ) -> tuple[Tensor, int]:
     """Mean cross-entropy over label tokens, and how many there were.
 

@@ -43,7 +43,8 @@ def to_coco(outputs: Iterable[dict[str, Any]]) -> dict[str, Any]:
     """A COCO detection document: images (ok ones), categories (one per distinct phrase, sorted),
     annotations with ``bbox`` [x, y, w, h] and ``score``. Loads in pycocotools' COCO(); its
     ``annotations`` list is also a valid ``loadRes`` input."""
-    images, pending = [], []
+    images: list[dict[str, Any]] = []
+    pending: list[tuple[int, dict[str, Any]]] = []
     for out in outputs:
         if out["status"] != "ok":
             continue
@@ -187,13 +188,14 @@ def draw_regions(image: Any, regions: list[dict[str, Any]]) -> Any:
     out = image.convert("RGB")
     draw = ImageDraw.Draw(out)
     width = max(2, min(out.size) // 250)
-    font = ImageFont.load_default(size=max(12, min(out.size) // 40))
+    text_h = max(12, min(out.size) // 40)
+    font = ImageFont.load_default(size=text_h)
     for r in regions:
         x1, y1, x2, y2 = r["bbox"]
         color = _color(r["phrase"])
         draw.rectangle([x1, y1, x2, y2], outline=color, width=width)
         label = r["phrase"] if r["score"] is None else f"{r['phrase']} {r['score']:.2f}"
-        tx, ty = x1, max(0, y1 - font.size - 4)
+        tx, ty = x1, max(0, y1 - text_h - 4)
         box = draw.textbbox((tx, ty), label, font=font)
         draw.rectangle(box, fill=color)
         draw.text((tx, ty), label, fill=(0, 0, 0), font=font)

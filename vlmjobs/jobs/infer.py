@@ -124,7 +124,7 @@ def _engine(spec: InferSpec, plan: Plan, ctx: JobContext) -> tuple[Any, Generato
     One resident entry (the worker keeps one model at a time) holding the model and
     the Generator of the latest batch size / engine (its static cache is sized by them).
     """
-    held = ctx.resident(
+    held: dict[str, Any] = ctx.resident(
         f"infer:{plan.model.model_dump_json()}:{ctx.device}",
         lambda: {"loaded": load_model(plan.model, device=ctx.device), "generators": {}},
     )
@@ -260,7 +260,10 @@ def _produce(
         seen.add(raw.key)
         unique += 1
         item = prepare(raw, spec, plan)
-        (pending.ready if isinstance(item, Ready) else pending.failed).append(item)
+        if isinstance(item, Ready):
+            pending.ready.append(item)
+        else:
+            pending.failed.append(item)
         if len(pending.ready) >= window:
             _flush(pending, spec, plan, processor, units, stop)
             pending = Unit()
@@ -372,8 +375,8 @@ def _output(
         scores = region_scores(gen, tokenizer, list(parsed.regions.phrases))
         kept = plan.dedup(parsed.regions, scores)
         regions = [
-            RegionRecord(*(float(v) for v in box), phrase=phrase, score=score)
-            for box, phrase, score in kept
+            RegionRecord(x1, y1, x2, y2, phrase=phrase, score=score)
+            for (x1, y1, x2, y2), phrase, score in kept
         ]
     return OutputRecord(
         item_key=ready.key,

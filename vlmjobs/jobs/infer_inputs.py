@@ -22,6 +22,7 @@ import zipfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
@@ -100,7 +101,7 @@ def failed_key(source: str) -> str:
     return hashlib.sha256(f"source:{source}".encode()).hexdigest()
 
 
-def _read_stream(source: str, stream: io.BufferedIOBase | io.RawIOBase) -> RawItem:
+def _read_stream(source: str, stream: IO[bytes]) -> RawItem:
     """Read a file object in blocks, hashing as it goes."""
     digest = hashlib.sha256()
     chunks: list[bytes] = []
@@ -249,8 +250,7 @@ def decode_image(data: bytes, *, max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXEL
             if w * h > max_image_pixels:
                 return Decoded(None, _bomb(w, h, max_image_pixels))
             image.load()
-        image = ImageOps.exif_transpose(image)
-        return Decoded(image.convert("RGB"))
+        return Decoded(ImageOps.exif_transpose(image).convert("RGB"))
     except Image.DecompressionBombError as e:
         return Decoded(None, f"decompression bomb: {e}")
     except UnidentifiedImageError:

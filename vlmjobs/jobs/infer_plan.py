@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from vlmjobs import settings
 from vlmjobs.errors import ModelLoadError
 from vlmjobs.specs.common import ModelSpec
@@ -66,13 +68,17 @@ class Plan:
             from vlmjobs.vision.parse import parse_regions
 
             result = parse_regions(
-                text, input_size=frame, image_size=size, convention=self.convention
+                text,
+                input_size=frame,
+                image_size=size,
+                convention="1000" if self.convention == "1000" else "absolute",
             )
             return Parsed(result.status, result.regions, {"dropped": result.dropped})
         if self.parser == "json":
             from vlmjobs.vision.parse import parse_json
 
-            value, status = parse_json(text)
+            value, parsed_status = parse_json(text)
+            status: str = parsed_status
             extra: dict[str, Any] = {"json": value}
             if value is not None and self.json_schema is not None:
                 errors = schema_errors(value, self.json_schema)
@@ -88,7 +94,9 @@ class Plan:
         from vlmjobs.vision.regions import Regions, dedup
 
         # Scores are probabilities in (0, 1]; -1 stands for "none" and ranks last.
-        ranked = Regions(regions.boxes, regions.phrases, [-1.0 if s is None else s for s in scores])
+        ranked = Regions(
+            regions.boxes, regions.phrases, np.array([-1.0 if s is None else s for s in scores])
+        )
         if self.dedup_spec.enabled and len(ranked) > 1:
             ranked = dedup(
                 ranked,
@@ -101,14 +109,15 @@ class Plan:
         return [
             (box, phrase, None if score < 0 else score)
             for box, phrase, score in zip(
-                ranked.boxes.tolist(), ranked.phrases, ranked.scores.tolist(), strict=True
+                ranked.boxes.tolist(),
+                ranked.phrases,
+                [] if ranked.scores is None else ranked.scores.tolist(),
+                strict=True,
             )
         ]
 
     def _embedding_similarity(self, phrases: list[str]) -> Any:
         """(N, N) cosine similarity of the phrases' MiniLM vectors (cached per phrase)."""
-        import numpy as np
-
         from vlmjobs.jobs.clean_embed import PhraseVectors, load_sentence_model
         from vlmjobs.vision.regions import normalize_phrase
 

@@ -13,7 +13,7 @@ from transformers import (
 )
 
 from vlmjobs.vision.generate import Generator, cut_at_eos, images_of_rows, slice_batch
-from vlmjobs.vision.static_decode import batched_vision_attention
+from vlmjobs.vision.vision_attention import batched_vision_attention
 
 SPECIAL = [
     "<|endoftext|>",

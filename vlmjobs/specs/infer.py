@@ -88,7 +88,8 @@ class InferSpec(JobSpec):
     engine: Literal["auto", "hf", "static"] = "auto"
     # Label at most this many images (None: all).
     limit: int | None = Field(None, ge=1)
-    # Refuse images above this many pixels before decoding (decompression bombs); Pillow's default.
+    # Refuse images above this many pixels before decoding (decompression bombs); Pillow's
+    # default. Pillow itself still refuses above twice its own limit (179 Mpx).
     max_image_pixels: int = Field(89_478_485, ge=1)
     # Pixel budget of the model's input frame; None: the adapter manifest's, else model's.
     min_pixels: int | None = Field(None, ge=PATCH * PATCH)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -264,3 +266,20 @@ def test_engines_agree_on_build_inputs_batches(tiny_checkpoint) -> None:
         [g.token_ids for g in static] == [g.token_ids for g in hf] == [g.token_ids for g in single]
     )
     assert [g.prompt_tokens for g in hf] == batch["attention_mask"].sum(1).tolist()
+
+
+def test_lora_adapter_is_used_by_both_engines(tiny) -> None:
+    """A PeftModel (what load_model returns with an adapter): its LoRA changes the output."""
+    from peft import LoraConfig, get_peft_model
+
+    model, tokenizer = tiny
+    batch = make_batch(ROWS[:2], seed=5)
+    base = Generator(model, tokenizer, engine="hf").generate(batch, max_new_tokens=10)
+    torch.manual_seed(2)
+    config = LoraConfig(r=8, lora_alpha=64, target_modules=["q_proj", "v_proj", "down_proj"],
+                        init_lora_weights=False)  # fmt: skip
+    peft = get_peft_model(copy.deepcopy(model), config).eval()
+    hf = Generator(peft, tokenizer, engine="hf").generate(batch, max_new_tokens=10)
+    static = Generator(peft, tokenizer, engine="static").generate(batch, max_new_tokens=10)
+    assert [g.token_ids for g in hf] == [g.token_ids for g in static]
+    assert [g.token_ids for g in hf] != [g.token_ids for g in base]

@@ -43,7 +43,10 @@ class Generator:
             raise ValueError(f"max_batch={max_batch}: must be >= 1")
         if engine not in ("auto", "hf", "static"):
             raise ValueError(f"engine={engine!r}: choose 'auto', 'hf' or 'static'")
-        self.model = model.eval()
+        # A PeftModel's generate runs the inner model, where the LoRA layers are injected:
+        # hooks and the static engine must see that inner model.
+        base = model.get_base_model() if hasattr(model, "get_base_model") else model
+        self.model = base.eval()
         self.tokenizer = getattr(processor, "tokenizer", processor)
         self.max_batch = max_batch
         self.eos_ids = stop_token_ids(model, self.tokenizer)
@@ -242,7 +245,8 @@ class LogprobRecorder:
             self.steps.append(self.previous.gather(1, new_ids[:, -1:]))
         if len(self.steps) != new_ids.shape[1]:
             raise RuntimeError(
-                f"recorded {len(self.steps)} steps for {new_ids.shape[1]} tokens: chunked prefill?"
+                f"log-probs of {len(self.steps)} steps for {new_ids.shape[1]} tokens: the hooked "
+                "model's forward was bypassed (a wrapper?) or the prefill was chunked"
             )
         return torch.cat(self.steps, dim=1) if self.steps else new_ids.float()
 

@@ -283,3 +283,20 @@ def test_lora_adapter_is_used_by_both_engines(tiny) -> None:
     static = Generator(peft, tokenizer, engine="static").generate(batch, max_new_tokens=10)
     assert [g.token_ids for g in hf] == [g.token_ids for g in static]
     assert [g.token_ids for g in hf] != [g.token_ids for g in base]
+
+
+def test_sampling_and_penalty_go_through_transformers_and_seed_repeats(tiny) -> None:
+    model, tokenizer = tiny
+    batch = make_batch(ROWS[:2], seed=4)
+    static = Generator(model, tokenizer, engine="static")
+    hf = Generator(model, tokenizer, engine="hf")
+    penalized = dict(max_new_tokens=10, repetition_penalty=1.5)
+    assert [g.token_ids for g in static.generate(batch, **penalized)] == [
+        g.token_ids for g in hf.generate(batch, **penalized)
+    ]
+    sampled = dict(max_new_tokens=10, do_sample=True, temperature=1.5, top_p=0.9)
+    first = [g.token_ids for g in static.generate(batch, **sampled, seed=7)]
+    assert first == [g.token_ids for g in static.generate(batch, **sampled, seed=7)]
+    greedy = [g.token_ids for g in hf.generate(batch, max_new_tokens=10)]
+    others = [[g.token_ids for g in hf.generate(batch, **sampled, seed=s)] for s in (1, 2, 3)]
+    assert any(o != greedy for o in others)  # it did sample

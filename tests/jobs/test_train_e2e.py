@@ -101,6 +101,7 @@ def test_train_job_through_worker(
         model={"quantization": quantization, "dtype": dtype},
         epochs=1,
         eval={"every_steps": 2},
+        merge_export=True,
     )
     start_worker()
     submitted = vlmjobs_cli("submit", "train", str(config))
@@ -125,7 +126,17 @@ def test_train_job_through_worker(
                      min_pixels=28 * 28, max_pixels=112 * 112)  # fmt: skip
     tuned = base.model_copy(update={"adapter": str(adapter)})
     image = data.parent / "000.png"
-    assert not torch.allclose(first_logits(base, image), first_logits(tuned, image), atol=1e-3)
+    tuned_logits = first_logits(tuned, image)
+    assert not torch.allclose(first_logits(base, image), tuned_logits, atol=1e-3)
+    # merge_export: one plain checkpoint with the adapter folded in, and the manifest.
+    merged = artifacts / job.result["merged"]
+    assert (merged / "manifest.json").is_file()
+    plain = base.model_copy(update={"path": str(merged), "quantization": "none"})
+    merged_logits = first_logits(plain, image)
+    unmerged = base.model_copy(update={"quantization": "none"})  # the originals, in bf16
+    assert not torch.allclose(merged_logits, first_logits(unmerged, image), atol=1e-3)
+    if quantization == "none":  # same bf16 weights with the update added: the tuned output
+        assert torch.allclose(merged_logits, tuned_logits, atol=0.05)
 
 
 def test_kill_9_then_resume_on_another_worker(

@@ -178,19 +178,30 @@ class PreflightSpec(Strict):
 
     # The card's budget; the design point is a 12 GB card.
     gpu_memory_gib: float = Field(12.0, gt=0)
-    # refuse: fail the job (exit 2 at submit) showing the arithmetic; adjust: shrink
-    # micro_batch_size (then pixels, if oom.shrink_pixels) until the estimate fits.
+    # refuse: fail the job (exit 2 at submit) showing the arithmetic; adjust: run each
+    # micro-batch in 2, 4, ... parts (down to oom.min_micro_batch) until the estimate fits.
     on_exceed: Literal["refuse", "adjust"] = "refuse"
 
 
 class OomSpec(Strict):
     """What to do when a step runs out of GPU memory anyway."""
 
-    # Retry the step with half the micro-batch (grad_accum doubles) down to this size.
+    # Retry the step with each micro-batch run in halves (same samples per step), down to
+    # this many samples per forward pass; below it the attempt fails with the error.
     min_micro_batch: int = Field(1, ge=1)
-    # At min_micro_batch, retry with max_pixels quartered (changes the frame boxes live in
-    # for the rest of the run, and the adapter's manifest says so).
+    # Retrying with fewer pixels is NOT implemented yet (it changes the frame the targets'
+    # boxes live in); true is refused so that no one relies on it.
     shrink_pixels: bool = False
+
+    @field_validator("shrink_pixels")
+    @classmethod
+    def _not_yet(cls, value: bool) -> bool:
+        if value:
+            raise ValueError(
+                "shrinking pixels after out-of-memory is not implemented yet: leave it false "
+                "and lower model.max_pixels (the step is retried with smaller micro-batches)"
+            )
+        return value
 
 
 class TrainSpec(JobSpec):

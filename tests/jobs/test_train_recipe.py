@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 
 from vlmjobs.errors import PreflightError
 from vlmjobs.jobs import train_ckpt as ckpt
-from vlmjobs.jobs.train import lr_factor, pieces, plan_memory, run
+from vlmjobs.jobs.train import lr_factor, pieces, plan_memory, run, track_best
 from vlmjobs.jobs.train_data import load_data
 from vlmjobs.specs.train import PreflightSpec, TrainSpec
 from vlmjobs.vision.build import make_model
@@ -242,3 +242,42 @@ def test_lr_factor(step: int, warmup: int, total: int, schedule: str, expected: 
 )
 def test_pieces(batch: list[int], splits: int, expected: list[list[int]]) -> None:
     assert pieces(batch, splits) == expected
+
+
+@pytest.mark.parametrize(
+    "metric, values, best_step, since",
+    [
+        ("loss", [3.0, 2.0, 2.5, 2.1], 2, 2),  # case: lower is better
+        ("token_accuracy", [0.1, 0.3, 0.2], 2, 1),  # case: higher is better
+        ("loss", [1.0, 1.0], 1, 1),  # case: a tie is no improvement
+    ],
+)
+def test_track_best(
+    tiny_dir: Path, tmp_path: Path, metric: str, values: list[float], best_step: int, since: int
+) -> None:
+    spec = make_spec(tiny_dir, write_boxes_jsonl(tmp_path, 2), eval={"metric": metric})
+    state = ckpt.TrainState()
+    flags = []
+    for step, value in enumerate(values, 1):
+        state.step = step
+        flags.append(track_best(spec, state, {metric: value}))
+    assert (state.best_step, state.evals_since_best) == (best_step, since)
+    assert flags[0] and flags.count(True) == len({s for s in [best_step, 1]})
+
+
+def test_early_stopping_ends_the_run(tiny_dir: Path, tmp_path: Path) -> None:
+    data = write_boxes_jsonl(tmp_path / "data", 12)
+    # A learning rate of ~0 cannot improve the loss: patience 1 stops at the second eval.
+    spec = make_spec(
+        tiny_dir,
+        data,
+        max_steps=10,
+        optim={"lr": 1e-30},
+        eval={"every_steps": 1, "generate": False, "early_stopping_patience": 1},
+        checkpoint={"every_steps": 100},
+    )
+    ctx = LocalContext(tmp_path / "job")
+    result = run(spec, ctx)
+    assert result["steps"] == 2 and result["total_steps"] == 10
+    assert any(e.startswith("early stop at step 2") for e in ctx.events)
+    assert (ctx.workdir / "adapter" / "adapter_model.safetensors").is_file()

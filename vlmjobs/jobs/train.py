@@ -78,7 +78,7 @@ def run(spec: TrainSpec, ctx: JobContext) -> dict[str, Any]:
     model.train()
     while state.step < total:
         if ctx.should_stop():
-            path = save(spec, ctx, root, model, optimizer, scheduler, state, {})
+            path = save(spec, ctx, root, model, optimizer, scheduler, state, {}, False)
             ctx.event(f"stop requested: checkpointed step {state.step} at {path.name}")
             return {"stopped": True, "steps": state.step, "total_steps": total}
         step_batches = state.order[state.batch_in_epoch : state.batch_in_epoch + spec.grad_accum]
@@ -104,13 +104,20 @@ def run(spec: TrainSpec, ctx: JobContext) -> dict[str, Any]:
         # ---- eval: validation loss and task metrics; the best metric picks a checkpoint
         every = spec.eval.every_steps
         metrics: dict[str, float] = {}
+        is_best = False
         if data.val and (epoch_end or state.step == total or (every and state.step % every == 0)):
             metrics = evaluate(model, processor, data.val, data.manifest, spec, ctx.device)
             ctx.metrics({f"val_{k}": v for k, v in metrics.items()}, step=state.step)
             model.train()
-        # ---- save: periodic, at each epoch end, and at the last step
-        if epoch_end or state.step == total or state.step % spec.checkpoint.every_steps == 0:
-            save(spec, ctx, root, model, optimizer, scheduler, state, metrics)
+            is_best = track_best(spec, state, metrics)
+        # ---- save: periodic, at each epoch end, at the last step, and at a new best
+        if (
+            epoch_end
+            or state.step == total
+            or state.step % spec.checkpoint.every_steps == 0
+            or (is_best and spec.checkpoint.keep_best)
+        ):
+            save(spec, ctx, root, model, optimizer, scheduler, state, metrics, is_best)
         patience = spec.eval.early_stopping_patience
         if metrics and patience and state.evals_since_best >= patience:
             ctx.event(
@@ -302,6 +309,19 @@ def free_memory() -> None:
 # ---------------------------------------------------------------- save
 
 
+def track_best(spec: TrainSpec, state: ckpt.TrainState, metrics: dict[str, float]) -> bool:
+    """Update the best eval.metric and the evaluations since; True when this one is the best."""
+    value = metrics[spec.eval.metric]
+    best = state.best_metric
+    better = best is None or (value < best if spec.eval.mode == "min" else value > best)
+    if better:
+        state.best_metric, state.best_step, state.evals_since_best = value, state.step, 0
+    else:
+        state.evals_since_best += 1
+    state.last_metrics = metrics
+    return better
+
+
 def save(
     spec: TrainSpec,
     ctx: JobContext,
@@ -311,20 +331,9 @@ def save(
     scheduler: torch.optim.lr_scheduler.LRScheduler,
     state: ckpt.TrainState,
     metrics: dict[str, float],
+    is_best: bool,
 ) -> Path:
     """Checkpoint ``state`` (once per step), record its row, and prune old ones."""
-    is_best = False
-    if metrics:
-        value = metrics[spec.eval.metric]
-        better = state.best_metric is None or (
-            value < state.best_metric if spec.eval.mode == "min" else value > state.best_metric
-        )
-        if better:
-            state.best_metric, state.best_step, state.evals_since_best = value, state.step, 0
-        else:
-            state.evals_since_best += 1
-        state.last_metrics = metrics
-        is_best = better
     target = root / f"{ckpt.PREFIX}{state.step:08d}"
     if target.exists():
         return target  # already written at this step (a stop request right after a save)

@@ -131,11 +131,15 @@ def clean(
     hooks = hooks or Hooks()
     started = time.perf_counter()
     plan = make_plan(spec)
+    # Leftovers of an attempt that died (another pid) go first; one attempt runs at a time.
+    for stale in out.parent.glob(f".{out.name}.*-*"):
+        shutil.rmtree(stale, ignore_errors=True)
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
     (tmp / "panels").mkdir(parents=True) if plan.panels else tmp.mkdir(parents=True)
     tally = Tally(images_total=plan.source.total)
-    files = {name: (tmp / f"{name}.jsonl").open("w", encoding="utf-8") for name in SPLITS}
+    files: dict[str, TextIO] = {
+        name: (tmp / f"{name}.jsonl").open("w", encoding="utf-8") for name in SPLITS
+    }
     try:
         finished = _process(spec, plan, vectors, tally, files, tmp, hooks)
     finally:

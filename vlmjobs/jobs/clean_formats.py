@@ -16,7 +16,7 @@ whole raises :class:`~vlmjobs.errors.DataError`.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -62,7 +62,12 @@ def open_source(path: Path, fmt: str = "auto", images_dir: Path | None = None) -
     path = _resolve_file(path, fmt)
     if fmt == "auto":
         fmt = detect_format(path)
-    readers = {"vg": read_vg, "coco": read_coco, "regions": read_regions, "jsonl": read_jsonl}
+    readers: dict[str, Callable[..., Source]] = {
+        "vg": read_vg,
+        "coco": read_coco,
+        "regions": read_regions,
+        "jsonl": read_jsonl,
+    }
     if fmt not in readers:
         raise DataError(f"format {fmt!r} is not one of auto, {', '.join(readers)}")
     if fmt in ("vg", "coco"):
@@ -166,11 +171,8 @@ def read_vg(path: Path, images_dir: Path) -> Source:
 def _vg_image_data(path: Path) -> dict[int, dict[str, Any]]:
     if not path.is_file():
         return {}
-    return {
-        int(m.get("image_id", m.get("id"))): m
-        for m in _load_json(path)
-        if isinstance(m, dict) and m.get("image_id", m.get("id")) is not None
-    }
+    rows = [m for m in _load_json(path) if isinstance(m, dict)]
+    return {int(m.get("image_id", m.get("id")) or 0): m for m in rows}
 
 
 def _vg_path(image_id: int, meta: dict[str, Any], images_dir: Path) -> Path:

@@ -290,7 +290,7 @@ def record_step(
 ) -> None:
     values = {
         "loss": loss,
-        "lr": scheduler.get_last_lr()[0],
+        "lr": float(scheduler.get_last_lr()[0]),
         "samples_per_s": samples_per_s,
         "epoch": state.epoch + state.batch_in_epoch / max(1, len(state.order)),
     }

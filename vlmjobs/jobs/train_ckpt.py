@@ -106,7 +106,7 @@ def save_checkpoint(
     tmp = root / f"{TMP_PREFIX}{final.name}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
-    model.save_pretrained(tmp / "adapter")
+    model.save_pretrained(str(tmp / "adapter"))
     torch.save(
         {
             "optimizer": optimizer.state_dict(),
@@ -170,10 +170,9 @@ def load_checkpoint(
         )
     weights = load_file(str(path / "adapter" / "adapter_model.safetensors"))
     result = set_peft_model_state_dict(model, weights)
-    if result.unexpected_keys:
-        raise VlmjobsError(
-            f"checkpoint {path} has unexpected adapter keys {result.unexpected_keys[:3]}"
-        )
+    unexpected = list(result.unexpected_keys)  # type: ignore[attr-defined]  # torch's namedtuple
+    if unexpected:
+        raise VlmjobsError(f"checkpoint {path} has unexpected adapter keys {unexpected[:3]}")
     optimizer.load_state_dict(saved["optimizer"])
     scheduler.load_state_dict(saved["scheduler"])
     set_rng_state(saved["rng"])

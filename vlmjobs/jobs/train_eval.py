@@ -2,14 +2,14 @@
 
 Teacher-forced on the answer tokens: the token-weighted CE of training (no dropout) and
 token accuracy. Task metrics generate greedily from the prompt alone, parse the answer
-with the task's parser and score it against the target parsed the same way (``evaluate.py``): regions P/R/F1 at
-IoU 0.5 with phrase match, JSON edit distance and field accuracy, and for every task
-the parse rate (the share of answers the parser reads as ok or repaired).
+with the task's parser and score it against the target parsed the same way
+(``evaluate.py``): regions P/R/F1 at IoU 0.5 with phrase match, JSON edit distance and
+field accuracy, and for every task the parse rate (answers read as ok or repaired).
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -111,7 +111,9 @@ def region_metrics(val: list[Sample], answers: list[str], manifest: Manifest) ->
     """Micro-averaged P/R/F1 over the samples; boxes compared in original pixels."""
     counts = RegionCounts()
     parsed = 0
-    convention = "absolute" if manifest.convention == CONVENTIONS[0] else "1000"
+    convention: Literal["absolute", "1000"] = (
+        "absolute" if manifest.convention == CONVENTIONS[0] else "1000"
+    )
     for sample, answer in zip(val, answers, strict=True):
         size = sample.image_size
         if size is None:

@@ -4,7 +4,16 @@ Cleaning turns annotations (Visual Genome, COCO, JSONL, the project's regions.js
 into train/val/test JSONL in Qwen chat format, after removing overlapping
 duplicate regions: boxes are grouped by pairwise IoU, then the phrases of each
 group are clustered by sentence embedding and one phrase per cluster is kept.
-Every knob has a default and a comment saying what it costs.
+Every knob has a default and a comment saying what it costs. A typical file::
+
+    name: vg-clean
+    input: /data/vg/region_descriptions.json   # image_data.json beside it gives sizes
+    images_dir: /data/vg                       # holds VG_100K/ and VG_100K_2/
+    min_pixels: 200704                         # = the train job's model.min_pixels
+    max_pixels: 1003520                        # = the train job's model.max_pixels
+    max_regions_per_image: 40
+    split: {train: 0.9, val: 0.05, test: 0.05}
+    panels: 8
 """
 
 from __future__ import annotations

@@ -103,15 +103,12 @@ class CleanSpec(JobSpec):
     @field_validator("input")
     @classmethod
     def _input_exists(cls, value: str) -> str:
-        existing_path(value, "input")
-        return value
+        return str(existing_path(value, "input"))
 
     @field_validator("images_dir", "embed_model")
     @classmethod
     def _dir_exists(cls, value: str | None) -> str | None:
-        if value is not None:
-            existing_path(value, "directory")
-        return value
+        return None if value is None else str(existing_path(value, "directory"))
 
     @model_validator(mode="after")
     def _pixels_ordered(self) -> CleanSpec:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 # Qwen2.5-VL sees images in 28x28 pixel patches (14 px patch, 2x2 merge).
 PATCH = 28
@@ -21,7 +21,7 @@ class Strict(BaseModel):
 
 
 class ModelSpec(Strict):
-    """Which Qwen2.5-VL to load and how. ``path`` is a local checkpoint dir (or a hub id when online)."""
+    """Which Qwen2.5-VL to load and how: a local checkpoint dir, or a hub id when online."""
 
     path: str = Field(description="local Qwen2.5-VL checkpoint directory, or a hub id when online")
     dtype: Literal["bf16", "fp16", "fp32"] = "bf16"
@@ -33,6 +33,11 @@ class ModelSpec(Strict):
     min_pixels: int = Field(256 * PATCH * PATCH, ge=PATCH * PATCH)
     max_pixels: int = Field(1280 * PATCH * PATCH, ge=PATCH * PATCH)
     adapter: str | None = Field(None, description="LoRA adapter dir, or a train job id as 'job:42'")
+
+    @field_validator("path")
+    @classmethod
+    def _absolute(cls, value: str) -> str:
+        return local_or_hub(value)
 
 
 class JobSpec(Strict):
@@ -47,8 +52,19 @@ class JobSpec(Strict):
 
 
 def existing_path(value: str | Path, what: str) -> Path:
-    """Expand ``~`` and require the path to exist; the error says what it was for."""
+    """Expand ``~``, require the path to exist, and make it absolute.
+
+    Relative paths are read against the directory ``submit`` runs in and stored
+    absolute, so a worker started elsewhere (or beat, for a schedule) finds them.
+    The error says what the path was for.
+    """
     path = Path(value).expanduser()
     if not path.exists():
         raise ValueError(f"{what} {str(value)!r} does not exist: check the path")
-    return path
+    return path.absolute()
+
+
+def local_or_hub(value: str) -> str:
+    """A model reference: an existing local directory made absolute, else a hub id as given."""
+    path = Path(value).expanduser()
+    return str(path.absolute()) if path.exists() else value

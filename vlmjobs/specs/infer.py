@@ -30,7 +30,7 @@ class InferModelSpec(ModelSpec):
     @classmethod
     def _adapter_exists(cls, value: str | None) -> str | None:
         if value is not None and not ADAPTER_JOB.match(value):
-            existing_path(value, "adapter directory (or write a train job as 'job:42')")
+            return str(existing_path(value, "adapter directory (or write a train job as 'job:42')"))
         return value
 
 
@@ -101,7 +101,7 @@ class InferSpec(JobSpec):
         missing = [p for p in inputs if not _exists(p)]
         if missing:
             raise ValueError(f"input path(s) {missing} do not exist: check the paths")
-        return inputs
+        return [str(existing_path(p, "input")) for p in inputs]
 
     @model_validator(mode="after")
     def _task_arguments(self) -> InferSpec:

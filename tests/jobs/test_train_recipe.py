@@ -179,9 +179,10 @@ def test_adapter_dir_checkpoints_and_result(tiny_dir: Path, tmp_path: Path) -> N
     assert on_disk == set(ctx.checkpoints) and 2 <= len(on_disk) <= 3
     best = [p for p, (_, _, is_best) in ctx.checkpoints.items() if is_best]
     assert best and result["best"]["step"] in {ckpt.step_of(p) for p in best}
-    for name in ("val_loss", "val_region_f1", "val_parse_rate", "lr", "samples_per_s"):
+    for name in ("val_loss", "val_region_f1", "val_parse_rate", "lr", "grad_norm", "samples_per_s"):
         assert ctx.series(name), f"no {name} metric recorded"
     assert ctx.done == ctx.total == 6
+    assert ctx.series("lr")[1] == pytest.approx(1e-2 / 2)  # step 1 ran at half the peak (warm-up)
 
 
 def test_preflight_refuses_with_arithmetic_or_adjusts(tiny_dir: Path, tmp_path: Path) -> None:

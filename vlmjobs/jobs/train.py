@@ -84,14 +84,22 @@ def run(spec: TrainSpec, ctx: JobContext) -> dict[str, Any]:
         step_batches = state.order[state.batch_in_epoch : state.batch_in_epoch + spec.grad_accum]
         started = time.perf_counter()
         loss, n_samples = train_step(model, processor, data.train, step_batches, spec, ctx, state)
-        torch.nn.utils.clip_grad_norm_(trainable, spec.optim.max_grad_norm or math.inf)
+        grad_norm = torch.nn.utils.clip_grad_norm_(trainable, spec.optim.max_grad_norm or math.inf)
+        lr = float(scheduler.get_last_lr()[0])  # the rate this step uses
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         state.step += 1
         state.batch_in_epoch += len(step_batches)
         state.samples_seen += n_samples
-        record_step(ctx, state, loss, scheduler, n_samples / (time.perf_counter() - started), total)
+        speed = n_samples / (time.perf_counter() - started)
+        step_values = {
+            "loss": loss,
+            "lr": lr,
+            "grad_norm": float(grad_norm),
+            "samples_per_s": speed,
+        }
+        record_step(ctx, state, step_values, total)
 
         # ---- epoch end: the next epoch's order goes into the checkpoint written below
         epoch_end = state.batch_in_epoch >= len(state.order)
@@ -281,19 +289,10 @@ def train_step(
 
 
 def record_step(
-    ctx: JobContext,
-    state: ckpt.TrainState,
-    loss: float,
-    scheduler: torch.optim.lr_scheduler.LRScheduler,
-    samples_per_s: float,
-    total: int,
+    ctx: JobContext, state: ckpt.TrainState, values: dict[str, float], total: int
 ) -> None:
-    values = {
-        "loss": loss,
-        "lr": float(scheduler.get_last_lr()[0]),
-        "samples_per_s": samples_per_s,
-        "epoch": state.epoch + state.batch_in_epoch / max(1, len(state.order)),
-    }
+    """Step metrics (+ epoch as a fraction, peak GPU memory) and progress: the heartbeat."""
+    values = {**values, "epoch": state.epoch + state.batch_in_epoch / max(1, len(state.order))}
     if torch.cuda.is_available():
         values["gpu_mem_gib"] = torch.cuda.max_memory_allocated() / 2**30
     ctx.metrics(values, step=state.step)

@@ -7,10 +7,13 @@ an error at submit time, never a silently ignored setting.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from vlmjobs import settings
 
 # Qwen2.5-VL sees images in 28x28 pixel patches (14 px patch, 2x2 merge).
 PATCH = 28
@@ -61,10 +64,41 @@ def existing_path(value: str | Path, what: str) -> Path:
     path = Path(value).expanduser()
     if not path.exists():
         raise ValueError(f"{what} {str(value)!r} does not exist: check the path")
+    check_allowed(path, what)
     return path.absolute()
 
 
+def check_allowed(path: Path, what: str) -> None:
+    """Refuse ``path`` unless it lies under VLMJOBS_ALLOWED_ROOTS (when set).
+
+    Compared after resolving symlinks, so a link inside an allowed root that points
+    outside it is refused too. Called at submit and again when the worker re-validates.
+    """
+    roots = settings.allowed_roots()
+    if roots is None:
+        return
+    real = path.expanduser().resolve()
+    if not any(real.is_relative_to(root) for root in roots):
+        shown = os.pathsep.join(str(r) for r in roots)
+        raise ValueError(
+            f"{what} {str(path)!r} (resolves to {str(real)!r}) is outside the allowed roots "
+            f"{shown!r}: move the data under one of them or extend VLMJOBS_ALLOWED_ROOTS"
+        )
+
+
 def local_or_hub(value: str) -> str:
-    """A model reference: an existing local directory made absolute, else a hub id as given."""
+    """A model reference: an existing local directory made absolute, else a hub id as given.
+
+    With VLMJOBS_ALLOWED_ROOTS set, a local directory must lie under them, and a hub id
+    is refused too (only local checkpoints are allowed then).
+    """
     path = Path(value).expanduser()
-    return str(path.absolute()) if path.exists() else value
+    if path.exists():
+        check_allowed(path, "model path")
+        return str(path.absolute())
+    if settings.allowed_roots() is not None:
+        raise ValueError(
+            f"model path {value!r} does not exist locally, and hub ids are refused while "
+            "VLMJOBS_ALLOWED_ROOTS is set: point model.path at a checkpoint under an allowed root"
+        )
+    return value

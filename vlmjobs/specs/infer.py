@@ -12,15 +12,14 @@ when it is written in the YAML. Input paths are checked at submit.
 
 from __future__ import annotations
 
-import re
+from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import ConfigDict, Field, field_validator, model_validator
 
+from vlmjobs.jobs.refs import is_job_ref
 from vlmjobs.specs.common import PATCH, JobSpec, ModelSpec, Strict, existing_path
 from vlmjobs.vision.tasks import parser_for
-
-ADAPTER_JOB = re.compile(r"^job:(\d+)$")
 
 
 class InferModelSpec(ModelSpec):
@@ -29,7 +28,7 @@ class InferModelSpec(ModelSpec):
     @field_validator("adapter")
     @classmethod
     def _adapter_exists(cls, value: str | None) -> str | None:
-        if value is not None and not ADAPTER_JOB.match(value):
+        if value is not None and not is_job_ref(value):
             return str(existing_path(value, "adapter directory (or write a train job as 'job:42')"))
         return value
 
@@ -119,8 +118,5 @@ class InferSpec(JobSpec):
 
 
 def _exists(path: str) -> bool:
-    try:
-        existing_path(path, "input")
-    except ValueError:
-        return False
-    return True
+    # Only existence here: existing_path then says why an existing path is refused (roots).
+    return Path(path).expanduser().exists()

@@ -14,10 +14,10 @@ from typing import Any
 
 import numpy as np
 
-from vlmjobs import settings
 from vlmjobs.errors import ModelLoadError
+from vlmjobs.jobs.refs import is_job_ref, resolve_job_ref
 from vlmjobs.specs.common import ModelSpec
-from vlmjobs.specs.infer import ADAPTER_JOB, DedupSpec, InferSpec
+from vlmjobs.specs.infer import DedupSpec, InferSpec
 from vlmjobs.vision import tasks
 
 # The manifest's names for box conventions -> vision.parse's.
@@ -167,26 +167,12 @@ def resolve_adapter(adapter: str | None) -> str | None:
     to the artifact root), a path -> itself. ModelLoadError says what is wrong."""
     if adapter is None:
         return None
-    found = ADAPTER_JOB.match(adapter)
-    if not found:
+    if not is_job_ref(adapter):
         return str(Path(adapter).expanduser())
-    from vlmjobs.db.models import Job
-    from vlmjobs.db.session import session
-
-    job_id = int(found.group(1))
-    with session() as s:
-        job = s.get(Job, job_id)
-        kind, state, result = (job.kind, job.state, job.result) if job else (None, None, None)
-    if kind != "train":
-        what = "no such job" if kind is None else f"a {kind} job"
-        raise ModelLoadError(f"adapter {adapter!r}: {what}; name a train job's id")
-    if state != "succeeded" or not result or not result.get("adapter"):
-        raise ModelLoadError(
-            f"adapter {adapter!r}: train job {job_id} is {state} and has no adapter yet; "
-            "wait for it to succeed (`vlmjobs status`)"
-        )
-    path = Path(result["adapter"])
-    return str(path if path.is_absolute() else settings.artifacts_root() / path)
+    try:
+        return str(resolve_job_ref(adapter, kind="train", key="adapter", what="adapter"))
+    except ValueError as error:
+        raise ModelLoadError(str(error)) from None
 
 
 def read_manifest(adapter_dir: str | None) -> Any:

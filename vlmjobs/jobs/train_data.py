@@ -192,7 +192,7 @@ def load_data(spec: TrainSpec) -> TrainData:
         val_path = Path(spec.data.val_path) if spec.data.val_path else directory / "val.jsonl"
         val = read_samples(val_path, system=manifest.system) if val_path.is_file() else []
     else:
-        path = Path(spec.data.path).expanduser()
+        path = spec.data.resolved()
         train = read_samples(path, system=spec.data.system)
         if spec.data.val_path:
             val = read_samples(Path(spec.data.val_path).expanduser(), system=spec.data.system)

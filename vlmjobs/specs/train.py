@@ -12,6 +12,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from vlmjobs.jobs.refs import is_job_ref, resolve_job_ref
 from vlmjobs.specs.common import JobSpec, ModelSpec, Strict, existing_path
 
 # Leaf module names of Qwen2.5-VL's linear layers (transformers 5), by where they live.
@@ -67,12 +68,24 @@ class DataSpec(Strict):
     # Task for JSONL data without a manifest (decides the parser used by evaluation).
     task: str | None = None
 
-    @field_validator("path", "val_path")
+    @field_validator("path")
     @classmethod
-    def _exists(cls, value: str | None) -> str | None:
-        if value is not None:
-            existing_path(value, "data file or directory")
-        return value
+    def _data_exists(cls, value: str) -> str:
+        if is_job_ref(value):  # a clean job's output, resolved where it is used
+            resolve_job_ref(value, kind="clean", key="data_dir", what="data.path")
+            return value
+        return str(existing_path(value, "data file or directory"))
+
+    @field_validator("val_path")
+    @classmethod
+    def _val_exists(cls, value: str | None) -> str | None:
+        return None if value is None else str(existing_path(value, "validation file"))
+
+    def resolved(self) -> Path:
+        """``path`` as a local path (``job:ID`` resolved against the artifact root)."""
+        if is_job_ref(self.path):
+            return resolve_job_ref(self.path, kind="clean", key="data_dir", what="data.path")
+        return Path(self.path)
 
 
 class LoraSpec(Strict):
@@ -277,5 +290,5 @@ class TrainSpec(JobSpec):
 
     def data_dir(self) -> Path | None:
         """Clean's output directory, or None when data.path is a single JSONL file."""
-        path = Path(self.data.path).expanduser()
+        path = self.data.resolved()
         return path if path.is_dir() else None

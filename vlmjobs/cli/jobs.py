@@ -19,8 +19,9 @@ from typing import Any, TypeVar
 import click
 from sqlalchemy import desc, select
 
+from vlmjobs import settings
 from vlmjobs.db.models import TERMINAL, Job, JobEvent, Metric, Worker, utcnow
-from vlmjobs.db.session import session
+from vlmjobs.db.session import mask_url, session
 from vlmjobs.errors import JobNotFound, SpecError, VlmjobsError
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -49,11 +50,13 @@ def friendly_errors(f: F) -> F:
             click.echo(f"error: {e}", err=True)
             sys.exit(1)
         except (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError) as e:
-            click.echo(f"error: database unreachable: {e.orig}", err=True)
+            where = mask_url(settings.db_url())  # never the password
+            click.echo(f"error: database {where} unreachable: {e.orig}", err=True)
             click.echo("check VLMJOBS_DB_URL (or run `vlmjobs up`)", err=True)
             sys.exit(1)
         except (redis.exceptions.ConnectionError, KombuOperationalError) as e:
-            click.echo(f"error: broker unreachable: {e}", err=True)
+            where = mask_url(settings.broker_url())
+            click.echo(f"error: broker {where} unreachable: {e}", err=True)
             click.echo("check VLMJOBS_BROKER_URL (or run `vlmjobs up`)", err=True)
             sys.exit(1)
 

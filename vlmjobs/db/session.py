@@ -9,6 +9,7 @@ in a process (a cheap version check; the upgrade itself runs under a lock).
 from __future__ import annotations
 
 import fcntl
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -24,12 +25,20 @@ MIGRATIONS = Path(__file__).parent / "migrations"
 # An arbitrary constant: the key of the PostgreSQL advisory lock held while upgrading.
 _PG_LOCK_KEY = 7_346_211
 _engines: dict[str, Engine] = {}
+_USERINFO_PASSWORD = re.compile(r"(://[^:/@;]*:)[^@;/]*@")
 _upgraded: set[str] = set()
 
 
 def mask_url(url: str) -> str:
-    """The URL with its password replaced by ***, safe to print or log."""
-    return make_url(url).render_as_string(hide_password=True)
+    """The URL with its password replaced by ***, safe to print or log.
+
+    Also for broker URLs SQLAlchemy cannot parse (Redis sentinel lists
+    ``sentinel://:pw@h1;sentinel://:pw@h2``): every ``user:password@`` is masked.
+    """
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ValueError:
+        return _USERINFO_PASSWORD.sub(r"\1***@", url)
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:

@@ -10,6 +10,7 @@ import os
 import socket
 import sys
 
+from vlmjobs import settings
 from vlmjobs.db.session import ensure_schema
 from vlmjobs.errors import VlmjobsError
 from vlmjobs.scheduler.app import QUEUES, get_app
@@ -32,12 +33,49 @@ def worker_name(gpu: int | None) -> str:
     return f"{where}.{os.getpid()}@{socket.gethostname()}"
 
 
+def check_broker(url: str) -> None:
+    """Fail fast, with a clear message, when the broker refuses our credentials or TLS.
+
+    Celery itself retries every connection error 100 times, which is right for a
+    broker that is still starting but hides a wrong password for minutes. An
+    unreachable broker is left to Celery's retries; the URL is printed masked.
+    """
+    import redis
+    import redis.exceptions as rex
+
+    from vlmjobs.db.session import mask_url
+
+    where = mask_url(url)
+    try:
+        redis.Redis.from_url(url, socket_connect_timeout=5).ping()
+    except (rex.AuthenticationError, rex.AuthenticationWrongNumberOfArgsError) as e:
+        raise VlmjobsError(
+            f"broker {where} refused the credentials ({e}): "
+            "fix the password in VLMJOBS_BROKER_URL (redis://:PASSWORD@host:port/db)"
+        ) from None
+    except rex.ResponseError as e:
+        if "NOAUTH" not in str(e) and "WRONGPASS" not in str(e):
+            raise
+        raise VlmjobsError(
+            f"broker {where} needs a password ({e}): put it in VLMJOBS_BROKER_URL "
+            "(redis://:PASSWORD@host:port/db)"
+        ) from None
+    except rex.ConnectionError as e:
+        if "SSL" in str(e) or "certificate" in str(e):
+            raise VlmjobsError(
+                f"broker {where}: TLS failed ({e}): check ssl_ca_certs / ssl_cert_reqs "
+                "in VLMJOBS_BROKER_URL (rediss://...?ssl_cert_reqs=required&ssl_ca_certs=PATH)"
+            ) from None
+        # Not up yet (compose starts everything at once): Celery retries on its own.
+
+
 def run_worker(gpu: int | None, queues: list[str], loglevel: str = "INFO") -> None:
     """Serve ``queues`` one job at a time until SIGTERM (warm shutdown) or SIGINT."""
     unknown = [q for q in queues if q not in QUEUES]
     if unknown:
         raise VlmjobsError(f"unknown queue(s) {unknown}: choose from {list(QUEUES)}")
     pin_gpu(gpu)
+    check_broker(settings.broker_url())
     load_plugins()
     ensure_schema()
     WORKER.name = worker_name(gpu)

@@ -1,0 +1,66 @@
+"""Credentials in VLMJOBS_DB_URL / VLMJOBS_BROKER_URL never reach the output, on any error."""
+
+from __future__ import annotations
+
+import pytest
+from conftest import PostgresServer, free_port
+
+from vlmjobs.db.session import mask_url
+
+SECRET = "Pw-0f-7he-Db"
+
+
+@pytest.mark.parametrize(
+    "url, masked",
+    [
+        (
+            "postgresql+psycopg2://u:pw@db:5432/x",
+            "postgresql+psycopg2://u:***@db:5432/x",
+        ),  # case: pg
+        ("redis://:pw@r:6379/0", "redis://:***@r:6379/0"),  # case: redis, password only
+        ("redis://127.0.0.1:6379/0", "redis://127.0.0.1:6379/0"),  # case: nothing to mask
+        (
+            "rediss://:pw@r:6380/0?ssl_cert_reqs=required",
+            "rediss://:***@r:6380/0?ssl_cert_reqs=required",
+        ),  # case: TLS with a query
+        (
+            "sentinel://:pw@h1:26379;sentinel://u:pw@h2:26379",
+            "sentinel://:***@h1:26379;sentinel://u:***@h2:26379",
+        ),  # case: a sentinel list SQLAlchemy cannot parse
+    ],
+)
+def test_mask_url(url: str, masked: str) -> None:
+    assert mask_url(url) == masked
+
+
+@pytest.fixture
+def db_url(sqlite_url: str) -> str:
+    return sqlite_url  # replaced per test below; the fixture wants a backend
+
+
+def _bad_db_urls(pg: PostgresServer | None) -> list[str]:
+    urls = [f"postgresql+psycopg2://vlm:{SECRET}@127.0.0.1:{free_port()}/vlmjobs"]
+    if pg is not None:  # a real server answering with an error of its own
+        urls.append(f"postgresql+psycopg2://postgres:{SECRET}@127.0.0.1:{pg.port}/no_such_db")
+    return urls
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("command", [["status"], ["workers"], ["db", "upgrade"], ["status", "1"]])
+def test_database_errors_mask_the_password(
+    postgres_server: PostgresServer, vlmjobs_cli, monkeypatch, command: list[str]
+) -> None:
+    for url in _bad_db_urls(postgres_server):
+        monkeypatch.setenv("VLMJOBS_DB_URL", url)
+        res = vlmjobs_cli(*command)
+        assert res.exit_code == 1, res.output
+        assert "database postgresql+psycopg2://" in res.stderr and ":***@" in res.stderr
+        assert SECRET not in res.output + res.stderr
+
+
+def test_broker_errors_mask_the_password(vlmjobs_cli, monkeypatch) -> None:
+    monkeypatch.setenv("VLMJOBS_BROKER_URL", f"redis://:{SECRET}@127.0.0.1:{free_port()}/0")
+    res = vlmjobs_cli("submit", "sleepy", "--set", "items=1")
+    assert res.exit_code == 1, res.output
+    assert "broker is unreachable" in res.stderr and "VLMJOBS_BROKER_URL" in res.stderr
+    assert SECRET not in res.output + res.stderr

@@ -20,7 +20,7 @@ import click
 from sqlalchemy import desc, select
 
 from vlmjobs import settings
-from vlmjobs.db.models import TERMINAL, Job, JobEvent, Metric, Worker, utcnow
+from vlmjobs.db.models import TERMINAL, Job, JobEvent, Metric, utcnow
 from vlmjobs.db.session import mask_url, session
 from vlmjobs.errors import JobNotFound, SpecError, VlmjobsError
 
@@ -338,26 +338,3 @@ def retry(job_id: int) -> None:
 
     retry_job(job_id)
     click.echo(f"job {job_id}: queued")
-
-
-@cli.command()
-@click.option("--all", "show_all", is_flag=True, help="include workers that stopped heartbeating")
-@friendly_errors
-def workers(show_all: bool) -> None:
-    """Live workers: host, GPU, current job, last heartbeat."""
-    from datetime import timedelta
-
-    from vlmjobs.scheduler.app import stale_after_s
-
-    cutoff = utcnow() - timedelta(seconds=stale_after_s())
-    with session() as s:
-        q = select(Worker).order_by(Worker.name)
-        rows = [w for w in s.scalars(q) if show_all or w.heartbeat_at >= cutoff]
-    if not rows:
-        click.echo("no live workers: start one with `vlmjobs worker` or `vlmjobs up`")
-        return
-    for w in rows:
-        click.echo(
-            f"{w.name:<40} gpu={w.gpu or '-':<3} queues={w.queues:<8} "
-            f"job={w.current_job_id or '-'} heartbeat {_age(w.heartbeat_at)} ago"
-        )

@@ -20,3 +20,4 @@ from vlmjobs.cli import jobs  # noqa: E402,F401
 from vlmjobs.cli import stack  # noqa: E402,F401
 from vlmjobs.cli import parse  # noqa: E402,F401
 from vlmjobs.cli import schedule  # noqa: E402,F401
+from vlmjobs.cli import workers  # noqa: E402,F401

@@ -175,6 +175,12 @@ class Worker(Base):
     current_job_id: Mapped[int | None] = mapped_column(Integer)
     started_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
     heartbeat_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    # MiB on the worker's GPU at the last heartbeat; None while CUDA is not in use (CPU,
+    # or no job has loaded torch yet). allocated: live tensors; reserved: torch's cache;
+    # total: the card (the heartbeat never initializes CUDA just to fill these).
+    gpu_mem_allocated_mb: Mapped[int | None] = mapped_column(Integer)
+    gpu_mem_reserved_mb: Mapped[int | None] = mapped_column(Integer)
+    gpu_mem_total_mb: Mapped[int | None] = mapped_column(Integer)
 
 
 class Schedule(Base):

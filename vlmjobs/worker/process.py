@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -77,7 +78,7 @@ class WorkerState:
             s.execute(
                 update(Worker)
                 .where(Worker.name == self.name)
-                .values(heartbeat_at=now, current_job_id=job_id)
+                .values(heartbeat_at=now, current_job_id=job_id, **gpu_memory())
             )
             if job_id is not None:
                 s.execute(
@@ -104,6 +105,24 @@ class WorkerState:
             except Exception:  # the database or Redis is down: keep beating, log why
                 logger.exception("heartbeat/reconcile failed; retrying")
             self._stop.wait(min(heartbeat_s(), reconcile_s()))
+
+
+def gpu_memory() -> dict[str, int | None]:
+    """This process's CUDA memory in MiB, as the workers row's columns; all None off CUDA.
+
+    Reads torch only if a job already imported it and initialized CUDA: importing torch
+    or creating a CUDA context from the heartbeat thread would cost ~500 MiB of the card.
+    """
+    torch = sys.modules.get("torch")
+    if torch is None or not torch.cuda.is_initialized():
+        return {"gpu_mem_allocated_mb": None, "gpu_mem_reserved_mb": None, "gpu_mem_total_mb": None}
+    mib = 2**20
+    _free, total = torch.cuda.mem_get_info()
+    return {
+        "gpu_mem_allocated_mb": int(torch.cuda.memory_allocated() // mib),
+        "gpu_mem_reserved_mb": int(torch.cuda.memory_reserved() // mib),
+        "gpu_mem_total_mb": int(total // mib),
+    }
 
 
 WORKER = WorkerState()

@@ -178,7 +178,8 @@ class EvalSpec(Strict):
 class CheckpointSpec(Strict):
     """Resumable checkpoints (adapter + optimizer + RNG + data order), written atomically."""
 
-    # Every N optimizer steps, and at each epoch end; a checkpoint of r=4 q,v on 3B is ~20 MB.
+    # Every N optimizer steps, and at each epoch end. r=4 q,v on 3B: 0.9M params -> ~11 MB
+    # (fp32 adapter + two AdamW moments).
     every_steps: int = Field(100, ge=1)
     # How many of the newest checkpoints to keep on disk (resume needs one).
     keep_last: int = Field(2, ge=1)

@@ -6,4 +6,11 @@ state) -> ``jobs.<kind>.run(spec, ctx)`` (the recipe) -> ``vision`` (model,
 frames, regions, parsing).
 """
 
+import logging
+
 __version__ = "0.1.0"
+
+# bitsandbytes' CPU backend warns on import, on CPUs with AVX512-BF16, that it could not
+# fetch an optional kernel from the Hugging Face hub. vlmjobs never downloads at run time,
+# so the warning only alarms users: keep its errors, drop that warning.
+logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)

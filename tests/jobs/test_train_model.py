@@ -270,7 +270,7 @@ def test_checkpointing_leaves_gradients_unchanged(tiny_dir: Path, tmp_path: Path
     [
         ({"model": {"quantization": "none"}}, "bf16 weights"),  # case: larger weights
         ({"gradient_checkpointing": "none"}, "no checkpointing"),  # case: every layer kept
-        ({"micro_batch_size": 8}, "bs 8"),  # case: twice the activations
+        ({"micro_batch_size": 16}, "bs 16"),  # case: twice the default's activations
         ({"lora": {"r": 64, "targets": ["all-linear"]}}, "big LoRA"),  # case: more optimizer state
     ],
 )

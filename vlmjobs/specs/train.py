@@ -226,8 +226,10 @@ class TrainSpec(JobSpec):
     data: DataSpec
     lora: LoraSpec = Field(default_factory=LoraSpec)
     optim: OptimSpec = Field(default_factory=OptimSpec)
-    # Samples per forward pass: speed (GPU utilisation) against activation memory.
-    micro_batch_size: int = Field(4, ge=1)
+    # Samples per forward pass: speed (GPU utilisation) against activation memory. The 3B
+    # nf4 at ~1,000 image tokens: 4 -> 2.5x the seed recipe at 6.0 GiB, 8 -> 2.9x at
+    # 7.4 GiB, 12 -> 3.0x at 9.4 GiB (BENCHMARKS.md); the preflight checks the data's own.
+    micro_batch_size: int = Field(8, ge=1)
     # Micro-batches per optimizer step; effective batch = micro_batch_size * grad_accum.
     grad_accum: int = Field(1, ge=1)
     # Passes over the training data (ignored when max_steps is set).

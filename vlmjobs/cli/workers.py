@@ -13,7 +13,7 @@ from typing import Any
 import click
 from sqlalchemy import select
 
-from vlmjobs.cli.jobs import _age, friendly_errors
+from vlmjobs.cli.jobs import friendly_errors
 from vlmjobs.cli.main import cli
 from vlmjobs.db.models import Worker, utcnow
 from vlmjobs.db.session import session
@@ -39,6 +39,15 @@ def workers(show_all: bool, as_json: bool) -> None:
         click.echo("no live workers: start one with `vlmjobs worker` or `vlmjobs up`")
     else:
         click.echo(_workers_table(rows))
+
+
+def _age(t: datetime) -> str:
+    # The same units as `status` (cli/jobs.py); not imported: cli.jobs imports this module's
+    # parent group first, so its helpers below that line do not exist yet at import time.
+    s = max(0, int((utcnow() - t).total_seconds()))
+    if s < 120:
+        return f"{s}s"
+    return f"{s // 60}m" if s < 7200 else f"{s // 3600}h"
 
 
 def _worker_dict(w: Worker, cutoff: datetime) -> dict[str, Any]:

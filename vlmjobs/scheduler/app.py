@@ -89,6 +89,10 @@ def _make_app(url: str) -> Celery:
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,  # a worker holds one job at a time
         worker_hijack_root_logger=False,
+        # Task events, so Flower lists our tasks (received/started/succeeded per job):
+        # a few small messages per job, dropped by Redis when no monitor listens.
+        worker_send_task_events=True,
+        task_send_sent_event=True,
         broker_connection_retry_on_startup=True,
         task_publish_retry_policy={"max_retries": 3, "interval_start": 0.2, "interval_step": 0.5},
         broker_transport_options={

@@ -1,0 +1,421 @@
+"""The infer and train JOBS on the GPU: the recipes themselves, not just their engines.
+
+    python bench/jobs_gpu.py                  # GPU: random-weight 3B, N=192 images
+    python bench/jobs_gpu.py --tiny           # CPU: tiny model, 12 small images (crashes only)
+
+Each part runs in its own process (clean peak memory; one failing keeps the others'
+numbers), under its own time limit:
+
+1. make: N synthetic JPEGs of 1036x756 (999 image tokens each at the default pixel
+   limits) with ~14 drawn shapes, regions.jsonl, and clean's output format written
+   from them (train.jsonl / val.jsonl / manifest.json, via clean_records); then the
+   random-weight checkpoint (``vision.build.make_model``), once.
+2. infer: ``jobs.infer.run(spec, ctx)`` with the worker's real ``WorkerContext`` on a
+   fresh SQLite database (job row inserted directly: no broker), bf16, batch 48, 256
+   new tokens forced, engine auto. Images/s over the whole job, and steady (after the
+   first batch, which captures the CUDA graph and compiles); outputs in the DB.
+3. train: ``jobs.train.run(spec, ctx)`` the same way on that data, nf4, micro-batch 8
+   and 12, ``--steps`` optimizer steps, a checkpoint at the end. s/sample from the
+   job's own per-step metric (steps 2..), and from the wall time between the metric
+   rows of step 1 and the last step (data loading, collation, DB writes included).
+
+Model load is timed by wrapping the job module's ``load_model`` (the real one is
+called); peak GPU memory is reset after it, so "peak" is the job's working peak and
+"load peak" is reported apart. Prints one table; writes $OUT/jobs_gpu.json and a log
+per part ($OUT/<part>.log).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+# bench/ holds scripts named like stdlib modules (queue.py): keep it off the import path,
+# and put the checkout on it (the device runs the checkout, not an installed package).
+sys.path[:] = [str(ROOT)] + [p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench"]
+
+SIZE, TINY_SIZE = (1036, 756), (224, 168)
+TINY_PIXELS = {"min_pixels": 3136, "max_pixels": 50176}  # 4..64 tokens: fast on 2 cores
+COLOURS = ("red", "green", "blue", "yellow", "purple", "orange", "black", "white", "cyan")
+GIB = 2**30
+
+
+# ---------------------------------------------------------------- data (parent process)
+
+
+def draw_image(rng: random.Random, size: tuple[int, int], n: int) -> tuple[Any, list[dict]]:
+    """A grey image with up to ``n`` non-overlapping rectangles/ellipses and their regions."""
+    from PIL import Image, ImageDraw
+
+    w, h = size
+    image = Image.new("RGB", size, tuple(rng.randint(90, 160) for _ in range(3)))
+    draw, regions = ImageDraw.Draw(image), []
+    for _ in range(n):
+        for _try in range(20):
+            bw, bh = rng.randint(w // 20, w // 6), rng.randint(h // 20, h // 6)
+            x, y = rng.randint(0, w - bw - 1), rng.randint(0, h - bh - 1)
+            box = [x, y, x + bw, y + bh]
+            if not any(box[0] < r[2] and r[0] < box[2] and box[1] < r[3] and r[1] < box[3]
+                       for r in (q["bbox"] for q in regions)):  # fmt: skip
+                break
+        else:
+            continue
+        colour, shape = rng.choice(COLOURS), rng.choice(("rectangle", "ellipse"))
+        getattr(draw, shape)(box, fill=colour)
+        regions.append({"bbox": box, "phrase": f"a {colour} {shape}"})
+    return image, regions
+
+
+def make_data(root: Path, n: int, size: tuple[int, int], shapes: int, pixels: dict) -> dict:
+    """images/*.jpg + regions.jsonl under ``root``; clean's format under ``root/data``."""
+    import numpy as np
+
+    from vlmjobs.jobs.clean_records import chat_record, region_target
+    from vlmjobs.vision.frames import input_size
+    from vlmjobs.vision.manifest import Manifest
+    from vlmjobs.vision.tasks import DEFAULT_SYSTEM, prompt_for
+
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    (root / "data").mkdir(exist_ok=True)
+    rng, rows, records = random.Random(0), [], []
+    prompt = prompt_for("dense_caption")
+    for i in range(n):
+        image, regions = draw_image(rng, size, shapes)
+        path = root / "images" / f"{i:06d}.jpg"
+        image.save(path, quality=90)
+        rows.append({"image": f"images/{path.name}", "width": size[0], "height": size[1],
+                     "regions": regions})  # fmt: skip
+        frame = input_size(size, pixels["min_pixels"], pixels["max_pixels"])
+        boxes = np.array([r["bbox"] for r in regions], dtype=np.float64)
+        target = region_target(boxes, [r["phrase"] for r in regions], size, frame)
+        records.append(chat_record(path, prompt, target, DEFAULT_SYSTEM, size, frame))
+    (root / "regions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    n_val = max(1, n // 24)
+    for name, part in (("train", records[n_val:]), ("val", records[:n_val])):
+        (root / "data" / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in part))
+    Manifest(base_model=None, task="dense_caption", prompt=prompt, system=DEFAULT_SYSTEM,
+             source=str(root / "regions.jsonl"), **pixels).write(root / "data")  # fmt: skip
+    answers = [r["messages"][2]["content"][0]["text"] for r in records]
+    return {"images": n, "val": n_val, "answer_chars_mean": statistics.mean(map(len, answers))}
+
+
+# ---------------------------------------------------------------- child parts
+
+
+def part_make(args: argparse.Namespace) -> dict:
+    import torch
+
+    from vlmjobs.vision.build import make_model
+
+    t = time.time()
+    make_model(Path(args.model), "tiny" if args.tiny else "3b", seed=0, device=args.device)
+    result = {"part": "make", "make_s": round(time.time() - t, 1)}
+    if args.device == "cuda":
+        result["gpu"] = torch.cuda.get_device_name()
+    return result
+
+
+def new_job(kind: str, spec: Any) -> int:
+    """The job row as the worker's wrapper leaves it before ``run``: running, attempt 1."""
+    from vlmjobs.db.models import Job, State, utcnow
+    from vlmjobs.db.session import session
+
+    with session() as s:
+        job = Job(kind=kind, name=f"bench-{kind}", spec=spec.model_dump(mode="json"),
+                  state=State.running, attempts=1, max_attempts=1, priority=5, queue="gpu",
+                  progress_done=0, cancel_requested=False, started_at=utcnow())  # fmt: skip
+        s.add(job)
+        s.flush()
+        return job.id
+
+
+def time_loads(module: Any, device: str) -> dict:
+    """Wrap ``module.load_model`` (the real one runs): its seconds and peak, then reset
+    the peak so the job's own peak is measured without the load."""
+    import torch
+
+    from vlmjobs.db.models import utcnow
+
+    real = module.load_model
+    seen: dict[str, Any] = {}
+
+    def load_model(*a: Any, **kw: Any) -> Any:
+        t = time.time()
+        out = real(*a, **kw)
+        seen["load_s"] = round(time.time() - t, 1)
+        seen["loaded_at"] = utcnow()
+        if device == "cuda":
+            torch.cuda.synchronize()
+            seen["load_peak_gib"] = round(torch.cuda.max_memory_allocated() / GIB, 2)
+            torch.cuda.reset_peak_memory_stats()
+        return out
+
+    module.load_model = load_model
+    return seen
+
+
+def run_job(kind: str, spec: Any, device: str, loads: dict) -> tuple[int, dict, dict]:
+    """(job id, the recipe's result or error, timings): run(spec, ctx) as the worker does."""
+    import torch
+
+    from vlmjobs.jobs import KINDS, resolve
+    from vlmjobs.worker.context import StopFlags, WorkerContext
+
+    job_id = new_job(kind, spec)
+    ctx = WorkerContext(job_id, 1, device, StopFlags())
+    t = time.time()
+    try:
+        result = resolve(KINDS[kind].run)(spec, ctx)
+    except BaseException as e:  # noqa: BLE001 - reported in the row, then the part fails
+        result = {"error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()[-3000:]}
+        print(result["traceback"], flush=True)
+    timing: dict[str, Any] = {"wall_s": round(time.time() - t, 1), **loads}
+    if device == "cuda":
+        torch.cuda.synchronize()
+        timing["peak_alloc_gib"] = round(torch.cuda.max_memory_allocated() / GIB, 2)
+        timing["peak_reserved_gib"] = round(torch.cuda.max_memory_reserved() / GIB, 2)
+    return job_id, result, timing
+
+
+def metric_rows(job_id: int, name: str) -> list[tuple[int, float, datetime]]:
+    from sqlalchemy import select
+
+    from vlmjobs.db.models import Metric
+    from vlmjobs.db.session import session
+
+    with session() as s:
+        rows = s.execute(
+            select(Metric.step, Metric.value, Metric.time)
+            .where(Metric.job_id == job_id, Metric.name == name)
+            .order_by(Metric.step)
+        ).all()
+    return [tuple(r) for r in rows]  # type: ignore[misc]
+
+
+def events(job_id: int) -> list[str]:
+    from sqlalchemy import select
+
+    from vlmjobs.db.models import JobEvent
+    from vlmjobs.db.session import session
+
+    with session() as s:
+        rows = s.scalars(select(JobEvent).where(JobEvent.job_id == job_id).order_by(JobEvent.id))
+        return [f"{e.level}: {e.message.splitlines()[0]}" for e in rows]
+
+
+def part_infer(args: argparse.Namespace) -> dict:
+    from sqlalchemy import func, select
+
+    import vlmjobs.jobs.infer as infer
+    from vlmjobs.db.models import Output
+    from vlmjobs.db.session import session
+    from vlmjobs.specs.infer import InferSpec
+
+    model = {"path": args.model, "dtype": "fp32" if args.tiny else "bf16"}
+    spec = InferSpec.model_validate({
+        "model": model | (TINY_PIXELS if args.tiny else {}), "inputs": [args.images],
+        "batch_size": args.batch, "max_new_tokens": args.new_tokens,
+        "min_new_tokens": args.new_tokens, "engine": "auto",
+    })  # fmt: skip
+    loads = time_loads(infer, args.device)
+    job_id, result, timing = run_job("infer", spec, args.device, loads)
+    with session() as s:
+        outputs = s.scalar(select(func.count()).where(Output.job_id == job_id)) or 0
+        statuses = dict(
+            s.execute(
+                select(Output.parse_status, func.count())
+                .where(Output.job_id == job_id)
+                .group_by(Output.parse_status)
+            ).all()
+        )
+        tokens = s.scalar(select(func.sum(Output.generated_tokens)).where(Output.job_id == job_id))
+    steps = metric_rows(job_id, "images_per_s")
+    config = f"{model['dtype']} batch {args.batch}, {args.new_tokens} new tokens"
+    row = {"part": "infer", "config": config,
+           "images": outputs, "outputs_ok": outputs == args.n, "parse_status": statuses,
+           "generated_tokens": tokens, "result": result, **timing,
+           "job_images_per_s": result.get("images_per_s"), "events": events(job_id)}  # fmt: skip
+    if steps and "loaded_at" in loads:
+        first = steps[0][2]
+        with session() as s:
+            in_first = s.scalar(
+                select(func.count()).where(Output.job_id == job_id, Output.created_at <= first)
+            )
+        row["first_batch_s"] = round((first - loads["loaded_at"]).total_seconds(), 1)
+        span = (steps[-1][2] - first).total_seconds()
+        if len(steps) > 1 and span > 0:
+            row["steady_images_per_s"] = round((outputs - (in_first or 0)) / span, 3)
+    return row
+
+
+def part_train(args: argparse.Namespace) -> dict:
+    import vlmjobs.jobs.train as train
+    from vlmjobs import settings
+    from vlmjobs.specs.train import TrainSpec
+
+    mbs = args.batch
+    model = {"path": args.model, "quantization": "nf4", "dtype": "bf16"}
+    spec = TrainSpec.model_validate({
+        "model": model | (TINY_PIXELS if args.tiny else {}), "data": {"path": args.data},
+        "micro_batch_size": mbs, "max_steps": args.steps,
+        "checkpoint": {"every_steps": args.steps}, "eval": {"generate": False, "max_samples": 8},
+    })  # fmt: skip
+    loads = time_loads(train, args.device)
+    job_id, result, timing = run_job("train", spec, args.device, loads)
+    per_step = metric_rows(job_id, "samples_per_s")
+    losses = metric_rows(job_id, "loss")
+    row = {"part": f"train_{mbs}", "config": f"nf4 micro-batch {mbs}, {args.steps} steps",
+           "micro_batch": mbs, "steps_done": len(per_step), "result": result, **timing,
+           "losses": [round(v, 4) for _, v, _ in losses], "events": events(job_id)}  # fmt: skip
+    if len(per_step) > 1:
+        row["step_s_per_sample"] = round(statistics.median(1 / v for _, v, _ in per_step[1:]), 4)
+        span = (per_step[-1][2] - per_step[0][2]).total_seconds()
+        row["wall_s_per_sample"] = round(span / (mbs * (len(per_step) - 1)), 4)
+    if per_step and "loaded_at" in loads:
+        row["until_step1_s"] = round((per_step[0][2] - loads["loaded_at"]).total_seconds(), 1)
+    workdir = settings.artifacts_root() / "jobs" / str(job_id)
+    ckpts = sorted(p.name for p in (workdir / "checkpoints").glob("*") if p.is_dir())
+    adapter = workdir / "adapter"
+    row["checkpoints"] = ckpts
+    row["adapter_ok"] = all(
+        (adapter / f).is_file() for f in ("adapter_model.safetensors", "manifest.json")
+    )
+    return row
+
+
+def child(args: argparse.Namespace) -> dict:
+    """One part, on a fresh database of its own (env set before anything reads it)."""
+    home = Path(tempfile.mkdtemp(prefix=f"vlmjobs-{args.part}-", dir=args.work))
+    os.environ |= {"VLMJOBS_HOME": str(home), "VLMJOBS_ARTIFACTS": str(home / "artifacts"),
+                   "VLMJOBS_DB_URL": f"sqlite:///{home / 'vlmjobs.db'}"}  # fmt: skip
+    parts = {"make": part_make, "infer": part_infer, "train": part_train}
+    return parts[args.part](args)
+
+
+# ---------------------------------------------------------------- parent
+
+
+def spawn(args: argparse.Namespace, part: str, extra: list[str], timeout: float, log: Path) -> dict:
+    """Run one part in its own process, its output to ``log``; its RESULT row or an error."""
+    argv = [sys.executable, __file__, "--part", part, *extra, "--work", str(args.work)]
+    argv += ["--tiny"] if args.tiny else []
+    t = time.time()
+    with open(log, "w") as out:
+        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT)
+        try:
+            proc.wait(timeout=max(1.0, timeout))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    text = log.read_text(errors="replace")
+    rows = [json.loads(x[7:]) for x in text.splitlines() if x.startswith("RESULT ")]
+    why = f"exit {proc.returncode} after {time.time() - t:.0f} s (limit {timeout:.0f})"
+    row = rows[-1] if rows else {"part": part, "error": f"{why}: {text[-1500:]}"}
+    row["process_s"] = round(time.time() - t, 1)
+    print(json.dumps({k: v for k, v in row.items() if k not in ("events", "result")}), flush=True)
+    return row
+
+
+def table(rows: list[dict]) -> str:
+    head = ("| job | config | images/s (steady) or s/sample (step; wall) | peak GiB alloc "
+            "(reserved) | load s (peak GiB) | job wall s incl. load | check |")  # fmt: skip
+    lines = [head, "|" + " --- |" * 7]
+    for r in rows:
+        if r.get("part") == "make":
+            continue
+        if "error" in r and "wall_s" not in r:
+            lines.append(f"| {r['part']} | | error: {r['error'][-160:]!r} | | | | |")
+            continue
+        if r["part"] == "infer":
+            speed = f"{r.get('job_images_per_s')} ({r.get('steady_images_per_s')})"
+            check = f"outputs {r['images']} == N: {r['outputs_ok']}"
+        else:
+            speed = f"{r.get('step_s_per_sample')}; {r.get('wall_s_per_sample')}"
+            check = f"steps {r['steps_done']}, ckpts {r['checkpoints']}, adapter {r['adapter_ok']}"
+        if "error" in r.get("result", {}):
+            check += f"; ERROR {r['result']['error'][:120]}"
+        mem = f"{r.get('peak_alloc_gib', '-')} ({r.get('peak_reserved_gib', '-')})"
+        load = f"{r.get('load_s', '-')} ({r.get('load_peak_gib', '-')})"
+        lines.append(f"| {r['part']} | {r['config']} | {speed} | {mem} | {load} | "
+                     f"{r.get('wall_s', '-')} | {check} |")  # fmt: skip
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--tiny", action="store_true", help="CPU, tiny model, small N")
+    ap.add_argument("--n", type=int, help="images (default 192; tiny 12)")
+    ap.add_argument("--batch", type=int, help="infer batch (default 48; tiny 4)")
+    ap.add_argument("--new-tokens", type=int, help="forced new tokens (default 256; tiny 8)")
+    ap.add_argument("--mbs", help="train micro-batches, comma list (default 8,12; tiny 2,3)")
+    ap.add_argument("--steps", type=int, help="train steps (default 6; tiny 3)")
+    ap.add_argument("--parts", default="infer,train", help="which jobs to run")
+    ap.add_argument("--budget-s", type=float, default=500, help="all parts together")
+    ap.add_argument("--work", type=Path, help="scratch dir (default: a new temp dir)")
+    ap.add_argument("--part", help=argparse.SUPPRESS)  # child mode
+    ap.add_argument("--model", help=argparse.SUPPRESS)
+    ap.add_argument("--images", help=argparse.SUPPRESS)
+    ap.add_argument("--data", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    tiny = args.tiny
+    args.n = args.n or (12 if tiny else 192)
+    args.batch = args.batch or (4 if tiny else 48)
+    args.new_tokens = args.new_tokens or (8 if tiny else 256)
+    args.steps = args.steps or (3 if tiny else 6)
+    args.device = "cpu" if tiny else "cuda"
+    if args.part:
+        print("RESULT " + json.dumps(child(args), default=str), flush=True)
+        return
+    run_all(args, [int(b) for b in (args.mbs or ("2,3" if tiny else "8,12")).split(",")])
+
+
+def run_all(args: argparse.Namespace, mbs: list[int]) -> None:
+    start = time.time()
+    out = Path(os.environ.get("OUT") or tempfile.mkdtemp(prefix="jobs_gpu_out-"))
+    out.mkdir(parents=True, exist_ok=True)
+    args.work = args.work or Path(tempfile.mkdtemp(prefix="jobs_gpu-"))
+    args.work.mkdir(parents=True, exist_ok=True)
+    pixels = TINY_PIXELS if args.tiny else {"min_pixels": 256 * 784, "max_pixels": 1280 * 784}
+    data = make_data(args.work, args.n, TINY_SIZE if args.tiny else SIZE, 14, pixels)
+    print(f"data: {json.dumps(data)} in {time.time() - start:.1f} s", flush=True)
+    model = args.work / "model"
+    common = ["--n", str(args.n), "--steps", str(args.steps), "--new-tokens", str(args.new_tokens)]
+    common += ["--model", str(model), "--images", str(args.work / "images")]
+    common += ["--data", str(args.work / "data")]
+    info: dict[str, Any] = {"argv": sys.argv, "data": data, "rows": []}
+
+    def left() -> float:
+        return args.budget_s - (time.time() - start)
+
+    rows = info["rows"]
+    rows.append(spawn(args, "make", common, min(240, left()), out / "make.log"))
+    jobs = [("infer", ["--batch", str(args.batch)], 200)]
+    jobs += [(f"train_{b}", ["--batch", str(b)], 150) for b in mbs]
+    for name, extra, limit in jobs:
+        if name.split("_")[0] not in args.parts or "error" in rows[0]:
+            continue
+        if left() < 30:
+            rows.append({"part": name, "error": f"skipped: {left():.0f} s of --budget-s left"})
+            continue
+        rows.append(spawn(args, name.split("_")[0], common + extra, min(limit, left()),
+                          out / f"{name}.log"))  # fmt: skip
+        info["wall_s"] = round(time.time() - start, 1)
+        (out / "jobs_gpu.json").write_text(json.dumps(info, indent=1, default=str))
+    print(table(rows))
+    print(f"total {time.time() - start:.0f} s; JSON in {out / 'jobs_gpu.json'}")
+
+
+if __name__ == "__main__":
+    main()

@@ -413,6 +413,8 @@ def run_all(args: argparse.Namespace, mbs: list[int]) -> None:
                           out / f"{name}.log"))  # fmt: skip
         info["wall_s"] = round(time.time() - start, 1)
         (out / "jobs_gpu.json").write_text(json.dumps(info, indent=1, default=str))
+    info["wall_s"] = round(time.time() - start, 1)
+    (out / "jobs_gpu.json").write_text(json.dumps(info, indent=1, default=str))
     print(table(rows))
     print(f"total {time.time() - start:.0f} s; JSON in {out / 'jobs_gpu.json'}")
 

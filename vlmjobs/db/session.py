@@ -20,6 +20,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session
 
 from vlmjobs import settings
+from vlmjobs.errors import VlmjobsError
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 # An arbitrary constant: the key of the PostgreSQL advisory lock held while upgrading.
@@ -127,6 +128,22 @@ def upgrade(url: str | None = None) -> None:
     _upgraded.add(url)
 
 
+def _refuse_newer_schema(url: str, have: str | None, head: str | None) -> None:
+    """A host still on an older release must not try to "upgrade" a newer schema down."""
+    from alembic.script import ScriptDirectory
+    from alembic.util import CommandError
+
+    if have is None:
+        return
+    try:
+        ScriptDirectory.from_config(_alembic_config(url)).get_revision(have)
+    except CommandError:
+        raise VlmjobsError(
+            f"database {mask_url(url)} is at schema revision {have!r}, newer than this "
+            f"vlmjobs knows (head {head!r}): upgrade vlmjobs on this host"
+        ) from None
+
+
 def ensure_schema(url: str | None = None) -> Engine:
     """The engine, with the schema at head (checked once per process per URL)."""
     url = url or settings.db_url()
@@ -134,6 +151,7 @@ def ensure_schema(url: str | None = None) -> Engine:
     if url not in _upgraded:
         have, head = current_revision(url)
         if have != head:
+            _refuse_newer_schema(url, have, head)
             upgrade(url)
         _upgraded.add(url)
     return engine

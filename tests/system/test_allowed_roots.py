@@ -111,3 +111,45 @@ def test_worker_refuses_outside_roots(
     assert job.state == "failed"
     assert "outside the allowed roots" in (job.error or "")
     assert job.attempts == 1  # refused for good: a retry cannot fix it
+
+
+@pytest.fixture
+def images(tree: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """allowed/data/{in.png, out.png -> outside/out.png, list.txt}; roots = allowed."""
+    from PIL import Image
+
+    Image.new("RGB", (8, 8)).save(tree / "allowed" / "data" / "in.png")
+    Image.new("RGB", (8, 8)).save(tree / "outside" / "out.png")
+    (tree / "allowed" / "data" / "out.png").symlink_to(tree / "outside" / "out.png")
+    monkeypatch.setenv("VLMJOBS_ARTIFACTS", str(tree / "artifacts"))
+    monkeypatch.setenv("VLMJOBS_ALLOWED_ROOTS", str(tree / "allowed"))
+    return tree / "allowed" / "data"
+
+
+def test_infer_refuses_each_file_outside_roots(images: Path, tree: Path) -> None:
+    from vlmjobs.jobs.infer_inputs import iter_items
+
+    listing = tree / "allowed" / "list.txt"
+    listing.write_text(f"data/in.png\n{tree / 'outside' / 'out.png'}\n")
+    folder = {Path(i.source).name: i for i in iter_items([str(images)], ["*.png"], [])}
+    assert folder["in.png"].data and folder["in.png"].error is None
+    assert folder["out.png"].data is None and "outside the allowed roots" in folder["out.png"].error
+    listed = list(iter_items([str(listing)], [], []))
+    assert [i.error is None for i in listed] == [True, False]
+
+
+def test_clean_and_train_refuse_images_outside_roots(images: Path, tree: Path) -> None:
+    from vlmjobs.errors import DataError
+    from vlmjobs.jobs.clean_images import check_image
+    from vlmjobs.jobs.train_data import read_samples
+
+    assert check_image(images / "in.png", None)[0] == (8, 8)
+    size, (kind, message) = check_image(images / "out.png", None)
+    assert size is None and kind == "outside_roots" and str(tree / "outside") in message
+    line = '{"image": "%s", "prefix": "p", "suffix": "s"}\n'
+    good, bad = images / "good.jsonl", images / "bad.jsonl"
+    good.write_text(line % "in.png")
+    bad.write_text(line % "in.png" + line % "../../outside/out.png")
+    assert len(read_samples(good)) == 1
+    with pytest.raises(DataError, match="record 2: image .* outside the allowed roots"):
+        read_samples(bad)

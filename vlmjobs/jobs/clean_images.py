@@ -12,6 +12,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+from vlmjobs import settings
+from vlmjobs.specs.common import outside_roots
+
 # What PIL raises on files that are not images, truncated or absurdly large.
 IMAGE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
 
@@ -25,10 +28,13 @@ def check_image(
 ) -> tuple[tuple[int, int] | None, tuple[str, str] | None]:
     """``((w, h), None)`` for a usable image, ``(None, (kind, message))`` otherwise.
 
-    kind: missing | unreadable | wrong_size.
+    kind: outside_roots | missing | unreadable | wrong_size.
     ``mode`` header reads only the header (~0.2 ms); decode decodes the pixels too,
     which also finds truncated files (~10 ms for a VG-sized JPEG).
     """
+    refused = outside_roots(path, settings.allowed_roots(), "image")
+    if refused:  # annotations may name any path; VLMJOBS_ALLOWED_ROOTS holds per image too
+        return None, ("outside_roots", refused)
     if not path.is_file():
         return None, ("missing", f"no file at {path}")
     try:

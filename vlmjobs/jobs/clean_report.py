@@ -56,7 +56,7 @@ class Tally:
     )
 
     def skip(self, key: str, image: str, kind: str, reason: str) -> None:
-        """kind: bad_record | missing | unreadable | wrong_size | bad_size."""
+        """kind: bad_record | outside_roots | missing | unreadable | wrong_size | bad_size."""
         self.skipped.append({"key": key, "image": image, "kind": kind, "reason": reason})
 
     def image(self, key: str, split: str | None, counts: dict[str, int]) -> None:

@@ -26,6 +26,9 @@ from typing import IO
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from vlmjobs import settings
+from vlmjobs.specs.common import outside_roots
+
 # What a folder contributes when the spec gives no include globs.
 IMAGE_GLOBS = ["*.jpg", "*.jpeg", "*.png", "*.webp", "*.bmp", "*.gif", "*.tif", "*.tiff"]
 TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz")
@@ -121,6 +124,10 @@ def _too_large(size: int) -> str:
 
 def _read_file(path: Path) -> RawItem:
     source = str(path)
+    # A folder's symlink or a list file's line may point anywhere: check each file.
+    refused = outside_roots(path, settings.allowed_roots(), "image")
+    if refused:
+        return RawItem(source, failed_key(source), error=refused)
     try:
         size = path.stat().st_size
         if size > MAX_FILE_BYTES:

@@ -24,7 +24,9 @@ import numpy as np
 import torch
 from PIL import Image
 
+from vlmjobs import settings
 from vlmjobs.errors import DataError
+from vlmjobs.specs.common import outside_roots
 from vlmjobs.specs.train import TrainSpec
 from vlmjobs.vision.frames import FACTOR, input_size
 from vlmjobs.vision.inputs import build_inputs
@@ -101,11 +103,15 @@ def to_sample(record: dict[str, Any], base: Path, system: str | None) -> Sample:
 def read_samples(path: Path, system: str | None = None) -> list[Sample]:
     """All samples of a JSONL file; errors name the file and line."""
     samples = []
+    roots = settings.allowed_roots()
     for number, record in enumerate(read_jsonl(path), 1):
         try:
             sample = to_sample(record, path.parent, system)
         except (KeyError, ValueError, TypeError) as error:
             raise DataError(f"{path}: record {number}: {error}") from error
+        refused = outside_roots(sample.image, roots, "image")
+        if refused:
+            raise DataError(f"{path}: record {number}: {refused}")
         if not sample.image.is_file():
             raise DataError(f"{path}: record {number}: image {sample.image} does not exist")
         samples.append(sample)

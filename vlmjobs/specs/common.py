@@ -74,16 +74,28 @@ def check_allowed(path: Path, what: str) -> None:
     Compared after resolving symlinks, so a link inside an allowed root that points
     outside it is refused too. Called at submit and again when the worker re-validates.
     """
-    roots = settings.allowed_roots()
+    why = outside_roots(path, settings.allowed_roots(), what)
+    if why:
+        raise ValueError(why)
+
+
+def outside_roots(path: Path, roots: list[Path] | None, what: str) -> str | None:
+    """Why ``path`` is refused (outside ``roots``, symlinks resolved), or None when allowed.
+
+    For the files a spec's inputs name in turn (images listed in annotations, list
+    files, folders): the recipes read ``settings.allowed_roots()`` once and call this
+    per file, turning a refusal into a skipped item.
+    """
     if roots is None:
-        return
-    real = path.expanduser().resolve()
-    if not any(real.is_relative_to(root) for root in roots):
-        shown = os.pathsep.join(str(r) for r in roots)
-        raise ValueError(
-            f"{what} {str(path)!r} (resolves to {str(real)!r}) is outside the allowed roots "
-            f"{shown!r}: move the data under one of them or extend VLMJOBS_ALLOWED_ROOTS"
-        )
+        return None
+    real = Path(path).expanduser().resolve()
+    if any(real.is_relative_to(root) for root in roots):
+        return None
+    shown = os.pathsep.join(str(r) for r in roots)
+    return (
+        f"{what} {str(path)!r} (resolves to {str(real)!r}) is outside the allowed roots "
+        f"{shown!r}: move the data under one of them or extend VLMJOBS_ALLOWED_ROOTS"
+    )
 
 
 def local_or_hub(value: str) -> str:

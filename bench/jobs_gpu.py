@@ -38,6 +38,7 @@ import tempfile
 import time
 import traceback
 from datetime import datetime
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -279,6 +280,10 @@ def part_train(args: argparse.Namespace) -> dict:
     row = {"part": f"train_{mbs}", "config": f"nf4 micro-batch {mbs}, {args.steps} steps",
            "micro_batch": mbs, "steps_done": len(per_step), "result": result, **timing,
            "losses": [round(v, 4) for _, v, _ in losses], "events": events(job_id)}  # fmt: skip
+    # Per step: the job's own rate, and the wall gap between consecutive metric rows.
+    row["step_samples_per_s"] = [round(v, 3) for _, v, _ in per_step]
+    times = [t for _, _, t in per_step]
+    row["step_wall_s"] = [round((b - a).total_seconds(), 3) for a, b in pairwise(times)]
     if len(per_step) > 1:
         row["step_s_per_sample"] = round(statistics.median(1 / v for _, v, _ in per_step[1:]), 4)
         span = (per_step[-1][2] - per_step[0][2]).total_seconds()

@@ -282,3 +282,44 @@ def test_early_stopping_ends_the_run(tiny_dir: Path, tmp_path: Path) -> None:
     assert result["steps"] == 2 and result["total_steps"] == 10
     assert any(e.startswith("early stop at step 2") for e in ctx.events)
     assert (ctx.workdir / "adapter" / "adapter_model.safetensors").is_file()
+
+
+def test_prefetched_batches_equal_inline_collation(tiny_dir: Path, tmp_path: Path) -> None:
+    from vlmjobs.jobs.train_data import Prefetcher, collate
+    from vlmjobs.vision.model import load_processor
+
+    spec = make_spec(tiny_dir, write_boxes_jsonl(tmp_path / "data", 6))
+    train = load_data(spec).train
+    processor = load_processor(tiny_dir, min_pixels=28 * 28, max_pixels=112 * 112)
+    prefetch = Prefetcher(processor, train)
+    try:
+        prefetch.ahead([[0, 1], [2, 3]])
+        for part in ([0, 1], [2, 3], [4]):  # two collated ahead, one inline
+            got = prefetch.take(part, "cpu")
+            want = collate(processor, [train[i] for i in part], "cpu")
+            assert got.keys() == want.keys()
+            for key, value in want.items():
+                torch.testing.assert_close(got[key], value, msg=key)
+        assert not prefetch._pending  # every batch asked for ahead was taken
+    finally:
+        prefetch.close()
+
+
+def test_preflight_counts_text_with_the_models_tokenizer(tiny_dir: Path, tmp_path: Path) -> None:
+    from transformers import AutoTokenizer
+
+    from vlmjobs.jobs.train import longest_text_tokens
+
+    spec = make_spec(tiny_dir, write_boxes_jsonl(tmp_path / "data", 6))
+    train = load_data(spec).train
+    tokenizer = AutoTokenizer.from_pretrained(tiny_dir)
+    exact = max(
+        len(tokenizer(f"{s.system or ''}\n{s.prompt}\n{s.answer}")["input_ids"]) for s in train
+    )
+    assert longest_text_tokens(spec, train) == exact + 30
+    # No tokenizer next to the weights: a dense characters / 2 guess, never below the truth.
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    guess = longest_text_tokens(spec.model_copy(update={"model": spec.model.model_copy(
+        update={"path": str(bare)})}), train)  # fmt: skip
+    assert guess >= exact

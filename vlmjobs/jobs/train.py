@@ -31,9 +31,9 @@ from vlmjobs.errors import PreflightError
 from vlmjobs.jobs import train_ckpt as ckpt
 from vlmjobs.jobs.context import JobContext
 from vlmjobs.jobs.train_data import (
+    Prefetcher,
     Sample,
     TrainData,
-    collate,
     epoch_batches,
     image_tokens,
     load_data,
@@ -76,62 +76,78 @@ def run(spec: TrainSpec, ctx: JobContext) -> dict[str, Any]:
 
     # ---- train: one iteration = one optimizer step over grad_accum micro-batches
     model.train()
-    while state.step < total:
-        if ctx.should_stop():
-            path = save(spec, ctx, root, model, optimizer, scheduler, state, {}, False)
-            ctx.event(f"stop requested: checkpointed step {state.step} at {path.name}")
-            return {"stopped": True, "steps": state.step, "total_steps": total}
-        step_batches = state.order[state.batch_in_epoch : state.batch_in_epoch + spec.grad_accum]
-        started = time.perf_counter()
-        loss, n_samples = train_step(model, processor, data.train, step_batches, spec, ctx, state)
-        grad_norm = torch.nn.utils.clip_grad_norm_(trainable, spec.optim.max_grad_norm or math.inf)
-        lr = float(scheduler.get_last_lr()[0])  # the rate this step uses
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        state.step += 1
-        state.batch_in_epoch += len(step_batches)
-        state.samples_seen += n_samples
-        speed = n_samples / (time.perf_counter() - started)
-        step_values = {
-            "loss": loss,
-            "lr": lr,
-            "grad_norm": float(grad_norm),
-            "samples_per_s": speed,
-        }
-        record_step(ctx, state, step_values, total)
+    # The next step's micro-batches are collated on a CPU thread during this one.
+    prefetch = Prefetcher(processor, data.train)
+    try:
+        while state.step < total:
+            if ctx.should_stop():
+                path = save(spec, ctx, root, model, optimizer, scheduler, state, {}, False)
+                ctx.event(f"stop requested: checkpointed step {state.step} at {path.name}")
+                return {"stopped": True, "steps": state.step, "total_steps": total}
+            at = state.batch_in_epoch
+            step_batches = state.order[at : at + spec.grad_accum]
+            following = state.order[at + spec.grad_accum : at + 2 * spec.grad_accum]
+            prefetch.ahead([part for b in following for part in pieces(b, state.splits)])
+            started = time.perf_counter()
+            loss, n_samples = train_step(model, prefetch, step_batches, spec, ctx, state)
+            grad_norm = torch.nn.utils.clip_grad_norm_(
+                trainable, spec.optim.max_grad_norm or math.inf
+            )
+            lr = float(scheduler.get_last_lr()[0])  # the rate this step uses
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            state.step += 1
+            state.batch_in_epoch += len(step_batches)
+            state.samples_seen += n_samples
+            speed = n_samples / (time.perf_counter() - started)
+            step_values = {
+                "loss": loss,
+                "lr": lr,
+                "grad_norm": float(grad_norm),
+                "samples_per_s": speed,
+            }
+            record_step(ctx, state, step_values, total)
 
-        # ---- epoch end: the next epoch's order goes into the checkpoint written below
-        epoch_end = state.batch_in_epoch >= len(state.order)
-        if epoch_end:
-            state.epoch += 1
-            state.batch_in_epoch = 0
-            state.order = epoch_batches(
-                lengths, spec.micro_batch_size, spec.seed, state.epoch, spec.data.group_by_length
-            )
-        # ---- eval: validation loss and task metrics; the best metric picks a checkpoint
-        every = spec.eval.every_steps
-        metrics: dict[str, float] = {}
-        is_best = False
-        if data.val and (epoch_end or state.step == total or (every and state.step % every == 0)):
-            metrics = evaluate(model, processor, data.val, data.manifest, spec, ctx.device)
-            ctx.metrics({f"val_{k}": v for k, v in metrics.items()}, step=state.step)
-            model.train()
-            is_best = track_best(spec, state, metrics)
-        # ---- save: periodic, at each epoch end, at the last step, and at a new best
-        if (
-            epoch_end
-            or state.step == total
-            or state.step % spec.checkpoint.every_steps == 0
-            or (is_best and spec.checkpoint.keep_best)
-        ):
-            save(spec, ctx, root, model, optimizer, scheduler, state, metrics, is_best)
-        patience = spec.eval.early_stopping_patience
-        if metrics and patience and state.evals_since_best >= patience:
-            ctx.event(
-                f"early stop at step {state.step}: no better {spec.eval.metric} in {patience}"
-            )
-            break
+            # ---- epoch end: the next epoch's order goes into the checkpoint written below
+            epoch_end = state.batch_in_epoch >= len(state.order)
+            if epoch_end:
+                state.epoch += 1
+                state.batch_in_epoch = 0
+                state.order = epoch_batches(
+                    lengths,
+                    spec.micro_batch_size,
+                    spec.seed,
+                    state.epoch,
+                    spec.data.group_by_length,
+                )
+            # ---- eval: validation loss and task metrics; the best metric picks a checkpoint
+            every = spec.eval.every_steps
+            metrics: dict[str, float] = {}
+            is_best = False
+            if data.val and (
+                epoch_end or state.step == total or (every and state.step % every == 0)
+            ):
+                metrics = evaluate(model, processor, data.val, data.manifest, spec, ctx.device)
+                ctx.metrics({f"val_{k}": v for k, v in metrics.items()}, step=state.step)
+                model.train()
+                is_best = track_best(spec, state, metrics)
+            # ---- save: periodic, at each epoch end, at the last step, and at a new best
+            if (
+                epoch_end
+                or state.step == total
+                or state.step % spec.checkpoint.every_steps == 0
+                or (is_best and spec.checkpoint.keep_best)
+            ):
+                save(spec, ctx, root, model, optimizer, scheduler, state, metrics, is_best)
+            patience = spec.eval.early_stopping_patience
+            if metrics and patience and state.evals_since_best >= patience:
+                ctx.event(
+                    f"early stop at step {state.step}: no better {spec.eval.metric} in {patience}"
+                )
+                break
+    finally:
+        prefetch.close()
 
     # ---- final adapter + cleanup
     adapter = write_adapter(ctx.workdir / "adapter", model, processor, data.manifest, spec)
@@ -168,9 +184,7 @@ def plan_memory(spec: TrainSpec, train: list[Sample]) -> tuple[int, MemoryEstima
     """
     lo, hi = spec.model.min_pixels, spec.model.max_pixels
     max_image = max(image_tokens(s, lo, hi) for s in train)
-    # Characters / 3 over-counts tokens of English prompts and JSON answers, plus the
-    # chat template's ~30: an upper bound is what a refusal should rest on.
-    max_text = max(len(s.prompt) + len(s.answer) + len(s.system or "") for s in train) // 3 + 30
+    max_text = longest_text_tokens(spec, train)
     splits = 1
     while True:
         mbs = math.ceil(spec.micro_batch_size / splits)
@@ -189,6 +203,29 @@ def plan_memory(spec: TrainSpec, train: list[Sample]) -> tuple[int, MemoryEstima
                 "language, or set preflight.on_exceed: adjust"
             )
         splits *= 2
+
+
+def longest_text_tokens(spec: TrainSpec, train: list[Sample], candidates: int = 64) -> int:
+    """Tokens of the longest system + prompt + answer, plus ~30 for the chat template.
+
+    Counted by the model's own tokenizer over the ``candidates`` longest texts by
+    characters (tokenizing a whole large data set would make submit slow). Without a
+    readable tokenizer, characters / 2: boxes' digits and JSON punctuation tokenize
+    densely (characters / 3 undercounted a shapes data set by 30%).
+    """
+
+    def chars(s: Sample) -> int:
+        return len(s.prompt) + len(s.answer) + len(s.system or "")
+
+    longest = sorted(train, key=chars, reverse=True)[:candidates]
+    try:
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(spec.model.path, local_files_only=True)
+    except (OSError, ValueError):
+        return chars(longest[0]) // 2 + 30
+    texts = [f"{s.system or ''}\n{s.prompt}\n{s.answer}" for s in longest]
+    return max(len(ids) for ids in tokenizer(texts)["input_ids"]) + 30
 
 
 def total_steps(spec: TrainSpec, n_train: int) -> int:
@@ -244,8 +281,7 @@ def pieces(batch: list[int], splits: int) -> list[list[int]]:
 
 def train_step(
     model: Any,
-    processor: Any,
-    samples: list[Sample],
+    prefetch: Prefetcher,
     batches: list[list[int]],
     spec: TrainSpec,
     ctx: JobContext,
@@ -263,7 +299,7 @@ def train_step(
             loss_sum, tokens = 0.0, 0
             for batch in batches:
                 for part in pieces(batch, state.splits):
-                    inputs = collate(processor, [samples[i] for i in part], ctx.device)
+                    inputs = prefetch.take(part, ctx.device)
                     loss, n = compute_loss(model, inputs, chunk_size=spec.loss_chunk_size)
                     (loss * n).backward()
                     loss_sum += float(loss.detach()) * n

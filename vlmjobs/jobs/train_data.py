@@ -14,8 +14,10 @@ and an uninterrupted run computes the same one.
 
 from __future__ import annotations
 
+import copy
 import json
 import math
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -257,6 +259,11 @@ def sample_lengths(samples: list[Sample], processor: Any, spec: TrainSpec) -> li
 
 def collate(processor: Any, samples: list[Sample], device: str) -> dict[str, torch.Tensor]:
     """One micro-batch: chat template, image patches, labels on the answer tokens only."""
+    return to_device(collate_cpu(processor, samples), device)
+
+
+def collate_cpu(processor: Any, samples: list[Sample]) -> dict[str, Any]:
+    """``collate`` up to the host: decoded images, resized, patchified, tokenized."""
     images = []
     for sample in samples:
         with Image.open(sample.image) as image:
@@ -268,4 +275,45 @@ def collate(processor: Any, samples: list[Sample], device: str) -> dict[str, tor
         system=samples[0].system,
         answers=[s.answer for s in samples],
     )
+    return dict(batch.items())
+
+
+def to_device(batch: dict[str, Any], device: str) -> dict[str, Any]:
     return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+
+class Prefetcher:
+    """Collates the next step's micro-batches on a CPU thread while the GPU runs this one.
+
+    Inline, image decoding and the processor's resize cost the 3B job ~25% of each step
+    (bench/jobs_gpu.py). Batches are keyed by their sample indices, so a part that was not
+    asked for ahead (first step, a new epoch, a split after out-of-memory) is collated
+    inline: the same function either way, so results do not depend on timing. The thread
+    has its own processor copy: a fast tokenizer used from two threads at once raises.
+    """
+
+    def __init__(self, processor: Any, samples: list[Sample]) -> None:
+        self._processor = copy.deepcopy(processor)
+        self._inline = processor
+        self._samples = samples
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="vlmjobs-collate")
+        self._pending: dict[tuple[int, ...], Future[dict[str, Any]]] = {}
+
+    def ahead(self, parts: list[list[int]]) -> None:
+        for part in parts:
+            key = tuple(part)
+            if key not in self._pending:
+                chosen = [self._samples[i] for i in part]
+                self._pending[key] = self._pool.submit(collate_cpu, self._processor, chosen)
+
+    def take(self, part: list[int], device: str) -> dict[str, Any]:
+        future = self._pending.pop(tuple(part), None)
+        if future is not None:
+            batch = future.result()
+        else:
+            batch = collate_cpu(self._inline, [self._samples[i] for i in part])
+        return to_device(batch, device)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+        self._pending.clear()

@@ -144,3 +144,16 @@ def test_tls_broker_with_untrusted_cert_exits_clearly(
     assert code == 1, out
     assert "TLS failed" in out and "ssl_ca_certs" in out
     assert SECRET not in out
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "redis+socket:///nonexistent/redis.sock",  # case: kombu's socket form
+        "sentinel://:pw@127.0.0.1:1;sentinel://:pw@127.0.0.1:2",  # case: sentinel list
+    ],
+)
+def test_broker_check_leaves_other_url_forms_to_celery(url: str) -> None:
+    from vlmjobs.worker.main import check_broker
+
+    check_broker(url)  # no ValueError from redis-py's parser: the worker still starts

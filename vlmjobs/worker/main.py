@@ -45,6 +45,8 @@ def check_broker(url: str) -> None:
 
     from vlmjobs.db.session import mask_url
 
+    if not url.startswith(("redis://", "rediss://")):
+        return  # redis+socket://, sentinel://: redis-py cannot parse them; Celery reports
     where = mask_url(url)
     try:
         redis.Redis.from_url(url, socket_connect_timeout=5).ping()

@@ -13,11 +13,13 @@ def cli() -> None:
     """Fine-tune and run Qwen2.5-VL as jobs on Celery GPU workers."""
 
 
-# Each module below adds its commands to `cli` (one import line per module).
-from vlmjobs.cli import dev  # noqa: E402,F401
-from vlmjobs.cli import results  # noqa: E402,F401
-from vlmjobs.cli import jobs  # noqa: E402,F401
-from vlmjobs.cli import stack  # noqa: E402,F401
-from vlmjobs.cli import parse  # noqa: E402,F401
-from vlmjobs.cli import schedule  # noqa: E402,F401
-from vlmjobs.cli import workers  # noqa: E402,F401
+# Each module below adds its commands to `cli` (one name per module).
+from vlmjobs.cli import (  # noqa: E402, F401
+    dev,
+    jobs,
+    parse,
+    results,
+    schedule,
+    stack,
+    workers,
+)

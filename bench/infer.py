@@ -72,22 +72,10 @@ def tokenizer():
 
 def random_model(arch: str, device: str, fp32: bool = False):
     """Random weights straight on the device (3b: bf16; tiny: fp32), no checkpoint on disk."""
-    from transformers import Qwen2_5_VLForConditionalGeneration
+    from vlmjobs.vision import build
 
-    from vlmjobs.vision.build import model_config
-
-    config = model_config(arch)
-    config._attn_implementation = "sdpa"
-    dtype = torch.float32 if arch == "tiny" or fp32 else torch.bfloat16
-    torch.manual_seed(0)
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
-        with torch.device(device):
-            model = Qwen2_5_VLForConditionalGeneration(config)
-    finally:
-        torch.set_default_dtype(previous)
-    return model.eval()
+    dtype = torch.float32 if fp32 else None
+    return build.random_model(arch, device=device, dtype=dtype, attn_implementation="sdpa").eval()
 
 
 def quantized_7b():

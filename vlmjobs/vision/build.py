@@ -237,6 +237,35 @@ def make_image_processor(
     return Qwen2VLImageProcessorPil(min_pixels=min_pixels, max_pixels=max_pixels)
 
 
+def random_model(
+    arch: str,
+    *,
+    seed: int = 0,
+    device: str = "cpu",
+    dtype: torch.dtype | None = None,
+    attn_implementation: str | None = None,
+) -> Qwen2_5_VLForConditionalGeneration:
+    """Random weights of ``arch`` built straight on ``device``, nothing written to disk.
+
+    dtype: fp32 for tiny, bf16 (the real checkpoints' dtype) for 3b/7b unless given.
+    Same ``seed`` -> identical weights.
+    """
+    _check_arch(arch)
+    config = model_config(arch)
+    if attn_implementation:
+        config._attn_implementation = attn_implementation
+    dtype = dtype or (torch.float32 if arch == "tiny" else torch.bfloat16)
+    config.dtype = dtype
+    torch.manual_seed(seed)
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        with torch.device(device):
+            return Qwen2_5_VLForConditionalGeneration(config)
+    finally:
+        torch.set_default_dtype(previous)
+
+
 def make_model(out: Path, arch: str = "tiny", seed: int = 0, *, device: str = "cpu") -> Path:
     """Write a random-weight Qwen2.5-VL checkpoint of ``arch`` to ``out``; returns ``out``.
 
@@ -247,17 +276,7 @@ def make_model(out: Path, arch: str = "tiny", seed: int = 0, *, device: str = "c
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     tok = make_tokenizer()
-    config = model_config(arch)
-    dtype = torch.float32 if arch == "tiny" else torch.bfloat16
-    config.dtype = dtype
-    torch.manual_seed(seed)
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
-        with torch.device(device):
-            model = Qwen2_5_VLForConditionalGeneration(config)
-    finally:
-        torch.set_default_dtype(previous)
+    model = random_model(arch, seed=seed, device=device)
     ids = special_ids()
     model.generation_config = GenerationConfig(
         bos_token_id=ids["<|endoftext|>"],

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import uuid
+from collections.abc import Callable
+
 import pytest
 from sqlalchemy import delete, func, select, text
 
@@ -95,3 +98,22 @@ def test_sqlite_pragmas_and_db_upgrade_cli(vlmjobs_cli, sqlite_url, monkeypatch)
         assert conn.execute(text("PRAGMA journal_mode")).scalar() == "wal"
         assert conn.execute(text("PRAGMA foreign_keys")).scalar() == 1
     assert get_engine(sqlite_url) is get_engine(sqlite_url)  # one engine per URL
+
+
+def test_resident_objects_outlive_a_job_until_another_key_evicts_them(
+    vlmjobs_env: dict[str, str],
+) -> None:
+    # The cache lives as long as the process: keys unique to this run, not to the module.
+    a, b = f"model:a:{uuid.uuid4()}", f"model:b:{uuid.uuid4()}"
+    loads: list[str] = []
+
+    def load(name: str) -> Callable[[], object]:
+        return lambda: loads.append(name) or object()
+
+    first = WorkerContext(submit(load_spec("sleepy", None, [])), 1, "cpu", StopFlags())
+    second = WorkerContext(submit(load_spec("sleepy", None, [])), 1, "cpu", StopFlags())
+    model = first.resident(a, load("a"))
+    assert second.resident(a, load("a")) is model  # next job, same base: no reload
+    other = second.resident(b, load("b"))  # another base evicts the first
+    assert first.resident(a, load("a")) is not model
+    assert other is not model and loads == ["a", "b", "a"]

@@ -54,9 +54,8 @@ def test_windows_are_bucketed_by_tokens(processor, folder: Path) -> None:
     path, proc = processor
     units = produce(make_spec(path, folder, batch_size=2, read_ahead=2), proc, set())
     batches = [u.ready for u in units if u.ready]
-    # The first window is one batch (the GPU starts early), then windows of 4, then the rest.
-    assert [len(b) for b in batches] == [2, 2, 2, 1]
-    for window in ([*batches[0]], [*batches[1], *batches[2]], [*batches[3]]):
+    assert [len(b) for b in batches] == [2, 2, 2, 1]  # windows of 4, then the rest
+    for window in ([*batches[0], *batches[1]], [*batches[2], *batches[3]]):
         assert [r.tokens for r in window] == sorted(r.tokens for r in window)
     assert sorted(Path(r.source).name for b in batches for r in b) == [f"{i}.png" for i in range(7)]
     for unit in units:

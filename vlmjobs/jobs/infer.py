@@ -6,9 +6,8 @@ Phases of ``run(spec, ctx)``:
    manifest (pixel limits, prompt, system, box convention), load the model and a
    Generator once per worker (``ctx.resident``).
 2. a producer thread streams the inputs (``infer_inputs``), skips keys already done
-   BEFORE decoding, decodes ``read_ahead * batch_size`` images (one batch at first, so
-   the GPU starts early), sorts that window by image-token count (little padding per
-   batch) and builds the model inputs; batches
+   BEFORE decoding, decodes ``read_ahead * batch_size`` images, sorts that window by
+   image-token count (little padding per batch) and builds the model inputs; batches
    wait in a bounded queue, so memory is bounded whatever the archive size.
 3. the main thread generates (GPU), parses each answer into regions in ORIGINAL
    pixels, scores and de-duplicates them, and commits outputs per batch.
@@ -245,10 +244,7 @@ def _produce(
     stop: threading.Event,
 ) -> None:
     seen = set(done)  # keys of this run, so identical images are labeled once
-    # The first window is one batch, so the GPU starts as soon as one batch is decoded
-    # (a full first window kept a 3B job's GPU idle for ~10 s); later windows are wide,
-    # so sorting by token count has room to fill batches with like sizes.
-    window, pending = spec.batch_size, Unit()
+    window, pending = spec.read_ahead * spec.batch_size, Unit()
     unique = len(done)
     for raw in iter_items(spec.inputs, spec.include, spec.exclude):
         if stop.is_set():
@@ -270,7 +266,7 @@ def _produce(
             pending.failed.append(item)
         if len(pending.ready) >= window:
             _flush(pending, spec, plan, processor, units, stop)
-            window, pending = spec.read_ahead * spec.batch_size, Unit()
+            pending = Unit()
     _flush(pending, spec, plan, processor, units, stop)
 
 

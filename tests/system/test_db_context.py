@@ -9,6 +9,7 @@ import pytest
 from sqlalchemy import delete, func, select, text
 
 from vlmjobs import settings
+from vlmjobs.db import lifecycle
 from vlmjobs.db.models import Checkpoint, Job, Output, Region
 from vlmjobs.db.session import current_revision, ensure_schema, get_engine, session
 from vlmjobs.jobs.context import OutputRecord, RegionRecord
@@ -17,10 +18,16 @@ from vlmjobs.specs import load_spec
 from vlmjobs.worker.context import StopFlags, WorkerContext
 
 
+def _claimed(job_id: int) -> WorkerContext:
+    """A context for job ``job_id`` claimed in-process, as the run wrapper claims it."""
+    lease = lifecycle.claim(job_id, worker="test", gpu=None, stale_after_s=60)
+    assert lease is not None
+    return WorkerContext(lease, "cpu", StopFlags())
+
+
 @pytest.fixture
 def ctx(vlmjobs_env: dict[str, str]) -> WorkerContext:
-    job_id = submit(load_spec("sleepy", None, []))  # nobody consumes it: no worker
-    return WorkerContext(job_id, 1, "cpu", StopFlags())
+    return _claimed(submit(load_spec("sleepy", None, [])))  # nobody consumes it: no worker
 
 
 def _rec(key: str, n_regions: int) -> OutputRecord:
@@ -110,8 +117,8 @@ def test_resident_objects_outlive_a_job_until_another_key_evicts_them(
     def load(name: str) -> Callable[[], object]:
         return lambda: loads.append(name) or object()
 
-    first = WorkerContext(submit(load_spec("sleepy", None, [])), 1, "cpu", StopFlags())
-    second = WorkerContext(submit(load_spec("sleepy", None, [])), 1, "cpu", StopFlags())
+    first = _claimed(submit(load_spec("sleepy", None, [])))
+    second = _claimed(submit(load_spec("sleepy", None, [])))
     model = first.resident(a, load("a"))
     assert second.resident(a, load("a")) is model  # next job, same base: no reload
     other = second.resident(b, load("b"))  # another base evicts the first

@@ -33,8 +33,7 @@ def utcnow() -> datetime:
 
 
 class State(enum.StrEnum):
-    """A job's state, stored as its string. Only the worker's run wrapper moves a job
-    out of ``running``; the scheduler creates jobs (``queued``) and cancels queued ones."""
+    """A job's state, stored as its string. Only ``db/lifecycle.py`` writes it."""
 
     queued = "queued"
     running = "running"
@@ -59,6 +58,9 @@ class Job(Base):
     spec: Mapped[dict[str, Any]] = mapped_column(JSON)
     state: Mapped[str] = mapped_column(String(16), default=State.queued, index=True)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
+    # Bumped by every claim and never reset (retry resets attempts): the token that
+    # every write of the running attempt is conditional on (db/lifecycle.py).
+    fence: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     max_attempts: Mapped[int] = mapped_column(Integer, default=3)
     priority: Mapped[int] = mapped_column(Integer, default=5)
     queue: Mapped[str] = mapped_column(String(32))
@@ -72,7 +74,7 @@ class Job(Base):
     result: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     error: Mapped[str | None] = mapped_column(Text)  # one line: type and message
     traceback: Mapped[str | None] = mapped_column(Text)
-    # For scheduled infer runs (a later issue): which schedule created this job.
+    # For scheduled infer runs: which schedule created this job.
     schedule_id: Mapped[int | None] = mapped_column(Integer, index=True)
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
     queued_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)  # last (re)queue

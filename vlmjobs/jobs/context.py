@@ -1,8 +1,9 @@
 """What a recipe (``jobs/<kind>.py``) may ask of the worker while it runs.
 
-The worker's run wrapper (``worker/``) implements this; recipes only see the
-protocol, so they never touch job state themselves: only the wrapper moves a
-job between queued / running / succeeded / failed / cancelled.
+The worker (``worker/context.py``) implements this; recipes only see the
+protocol, so they never touch job state themselves: ``db/lifecycle.py`` moves a
+job between queued / running / succeeded / failed / cancelled. Every write
+below is fenced: once another attempt owns the job it raises ``LostOwnership``.
 """
 
 from __future__ import annotations

@@ -44,12 +44,16 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, case, or_, update
+from sqlalchemy import ColumnElement, and_, case, literal, null, or_, text, update
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
 from vlmjobs.db.models import TERMINAL, Job, JobEvent, State, utcnow
-from vlmjobs.db.session import session
+from vlmjobs.db.session import SQLITE_BUSY_MS, session
 from vlmjobs.errors import JobNotFound, LostOwnership, VlmjobsError
+
+# How long the reconciler waits for a job's row lock before skipping it this round.
+LOCK_WAIT_S = 2.0
 
 
 @dataclass(frozen=True)
@@ -257,9 +261,31 @@ def requeue_own(lease: Lease, reason: str, *, count_attempt: bool) -> Message | 
         return _to_queued(s, lease.job_id, _owns(lease), reason, **values)
 
 
+@contextmanager
+def _impatient() -> Iterator[Session]:
+    """A session whose writes wait at most ``LOCK_WAIT_S`` for a row lock.
+
+    An owner frozen (SIGSTOP, a VM pause) inside its fenced transaction holds the job's
+    row lock; the reconciler must skip that job this round, not block its own worker's
+    heartbeat thread (and so look dead itself). A timeout raises OperationalError.
+    """
+    with session() as s:
+        dialect = s.get_bind().dialect.name
+        if dialect == "postgresql":
+            s.execute(text(f"SET LOCAL lock_timeout = '{int(LOCK_WAIT_S * 1000)}ms'"))
+            yield s
+            return
+        s.execute(text(f"PRAGMA busy_timeout = {int(LOCK_WAIT_S * 1000)}"))
+        try:
+            yield s
+        finally:
+            s.execute(text(f"PRAGMA busy_timeout = {SQLITE_BUSY_MS}"))
+
+
 def requeue_stale(job_id: int, token: int, *, stale_after_s: float, reason: str) -> Message | None:
     """The reconciler's take-over: ONE compare-and-set on (running, the fence it read,
-    heartbeat older than the limit, attempts left, no cancel). None when any changed."""
+    heartbeat older than the limit, attempts left, no cancel). None when any changed,
+    or when the owner holds the row (it is alive enough to be mid-write)."""
     where = and_(
         Job.state == State.running,
         Job.fence == token,
@@ -267,31 +293,49 @@ def requeue_stale(job_id: int, token: int, *, stale_after_s: float, reason: str)
         Job.attempts < Job.max_attempts,
         Job.cancel_requested.is_(False),
     )
-    with session() as s:
-        return _to_queued(s, job_id, where, reason)
+    try:
+        with _impatient() as s:
+            return _to_queued(s, job_id, where, reason)
+    except OperationalError:
+        return None
 
 
 def give_up_stale(job_id: int, token: int, *, stale_after_s: float, reason: str) -> str | None:
     """A dead owner's job with no attempts left (or a cancel pending) ends: the state, or None."""
     ended = case((Job.cancel_requested, State.cancelled.value), else_=State.failed.value)
-    error = case((Job.cancel_requested, None), else_=f"{reason}; gave up")
-    with session() as s:
-        res = s.execute(
-            update(Job)
-            .where(
-                Job.id == job_id,
-                Job.state == State.running,
-                Job.fence == token,
-                _stale(stale_after_s),
-                or_(Job.attempts >= Job.max_attempts, Job.cancel_requested),
-            )
-            .values(state=ended, finished_at=utcnow(), error=error)
+    error = case((Job.cancel_requested, null()), else_=literal(f"{reason}; gave up"))
+    try:
+        with _impatient() as s:
+            return _give_up(s, job_id, token, stale_after_s, ended, error, reason)
+    except OperationalError:
+        return None
+
+
+def _give_up(
+    s: Session,
+    job_id: int,
+    token: int,
+    stale_after_s: float,
+    ended: ColumnElement[str],
+    error: ColumnElement[str | None],
+    reason: str,
+) -> str | None:
+    res = s.execute(
+        update(Job)
+        .where(
+            Job.id == job_id,
+            Job.state == State.running,
+            Job.fence == token,
+            _stale(stale_after_s),
+            or_(Job.attempts >= Job.max_attempts, Job.cancel_requested),
         )
-        if res.rowcount != 1:  # type: ignore[attr-defined]
-            return None
-        state = get(s, job_id).state
-        s.add(JobEvent(job_id=job_id, level="error", message=f"{reason}: {state}"))
-        return state
+        .values(state=ended, finished_at=utcnow(), error=error)
+    )
+    if res.rowcount != 1:  # type: ignore[attr-defined]
+        return None
+    state = get(s, job_id).state
+    s.add(JobEvent(job_id=job_id, level="error", message=f"{reason}: {state}"))
+    return state
 
 
 def resend_lost(job_id: int, task_id: str | None, *, reason: str) -> Message | None:

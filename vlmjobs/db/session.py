@@ -25,6 +25,7 @@ from vlmjobs.errors import VlmjobsError
 MIGRATIONS = Path(__file__).parent / "migrations"
 # An arbitrary constant: the key of the PostgreSQL advisory lock held while upgrading.
 _PG_LOCK_KEY = 7_346_211
+SQLITE_BUSY_MS = 30_000  # how long a SQLite write waits for another writer
 _engines: dict[str, Engine] = {}
 _USERINFO_PASSWORD = re.compile(r"(://[^:/@;]*:)[^@;/]*@")
 _upgraded: set[str] = set()
@@ -46,7 +47,7 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur = dbapi_conn.cursor()
     cur.execute("PRAGMA journal_mode=WAL")
     cur.execute("PRAGMA foreign_keys=ON")
-    cur.execute("PRAGMA busy_timeout=30000")  # ms; workers and the CLI write concurrently
+    cur.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_MS}")  # workers and the CLI write concurrently
     cur.execute("PRAGMA synchronous=NORMAL")  # safe with WAL; fsync per checkpoint, not commit
     cur.close()
 

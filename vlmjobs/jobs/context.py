@@ -79,6 +79,11 @@ class JobContext(Protocol):
     ) -> None:
         """One row per checkpoint written (atomically) under ``workdir``."""
 
+    def publish(self, tmp: Path, final: Path) -> Path:
+        """Rename the finished directory ``tmp`` (named private to this attempt, under
+        ``workdir``) to ``final``, replacing it, only while this attempt owns the job;
+        otherwise delete ``tmp`` and raise LostOwnership. Returns ``final``."""
+
     def forget_checkpoint(self, path: Path) -> None:
         """Drop the row of a checkpoint the recipe deleted (keep-last-k)."""
 

@@ -19,6 +19,7 @@ import json
 import os
 import random
 import shutil
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -97,8 +98,13 @@ def save_checkpoint(
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler,
     state: TrainState,
+    publish: Callable[[Path, Path], object] = os.rename,
 ) -> Path:
-    """Write ``root/step-<step>`` atomically and return it (one already there is kept)."""
+    """Write ``root/step-<step>`` atomically and return it (one already there is kept).
+
+    ``publish(tmp, final)`` does the rename; a job passes ``ctx.publish``, which renames
+    only while its attempt still owns the job.
+    """
     final = root / f"{PREFIX}{state.step:08d}"
     if final.exists():
         return final  # same step = same weights: e.g. a stop request right after a periodic save
@@ -117,7 +123,7 @@ def save_checkpoint(
         tmp / STATE_FILE,
     )
     _fsync_tree(tmp)
-    os.rename(tmp, final)  # atomic on one filesystem: the checkpoint appears complete or not at all
+    publish(tmp, final)  # atomic on one filesystem: the checkpoint appears complete or not at all
     _fsync_dir(root)  # the rename itself reaches the disk
     return final
 

@@ -77,7 +77,7 @@ def _requeue_own(c: Lease, reason: str, *, count_attempt: bool) -> None:
 def _on_result(c: Lease, ctx: WorkerContext, result: Any) -> None:
     result = result if isinstance(result, dict) else {"value": result}
     if ctx.lost():
-        ctx.log.warning("attempt %s lost the job to another worker: nothing recorded", c.attempt)
+        ctx.log.warning("attempt %s stopped: another attempt owns the job now", c.attempt)
     elif ctx.cancel_requested():
         _finish(c, State.cancelled, "cancelled; outputs kept", result=result)
     elif WORKER.flags.shutdown.is_set() and ctx.stop_seen:

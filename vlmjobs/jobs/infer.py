@@ -34,7 +34,7 @@ import torch
 from PIL import Image
 
 from vlmjobs.jobs.context import JobContext, OutputRecord, RegionRecord
-from vlmjobs.jobs.infer_inputs import RawItem, count_items, decode_image, iter_items
+from vlmjobs.jobs.infer_inputs import RawItem, byte_limit, count_items, decode_image, iter_items
 from vlmjobs.jobs.infer_plan import Plan, make_plan
 from vlmjobs.jobs.infer_score import region_scores
 from vlmjobs.specs.infer import InferSpec
@@ -246,7 +246,8 @@ def _produce(
     seen = set(done)  # keys of this run, so identical images are labeled once
     window, pending = spec.read_ahead * spec.batch_size, Unit()
     unique = len(done)
-    for raw in iter_items(spec.inputs, spec.include, spec.exclude):
+    limit = byte_limit(spec.max_image_pixels)
+    for raw in iter_items(spec.inputs, spec.include, spec.exclude, limit):
         if stop.is_set():
             return
         if pending.skipped + len(pending.failed) >= SETTLED_FLUSH:

@@ -27,8 +27,9 @@ class SleepySpec(JobSpec):
     kind: Literal["sleepy"] = "sleepy"
     items: int = Field(3, ge=0)
     sleep_s: float = Field(0.0, ge=0)
-    # value: a ValueError (a bug: not retried); flaky: ConnectionError on attempt 1 only.
-    fail: Literal["value", "flaky"] | None = None
+    # value: a ValueError (a bug: not retried); flaky: ConnectionError on attempt 1 only;
+    # disk-full: a write that gets ENOSPC (to /dev/full).
+    fail: Literal["value", "flaky", "disk-full"] | None = None
     data_dir: str | None = None
     opts: SleepyOptions = SleepyOptions()
 
@@ -46,6 +47,10 @@ def run_sleepy(spec: SleepySpec, ctx: JobContext) -> dict[str, Any]:
         raise ValueError("sleepy was told to fail")
     if spec.fail == "flaky" and ctx.attempt == 1:
         raise ConnectionError("sleepy's first attempt lost its connection")
+    if spec.fail == "disk-full":
+        with open("/dev/full", "w") as full:  # every write: ENOSPC, as on a full disk
+            full.write("a checkpoint")
+            full.flush()
     done = ctx.done_keys()
     ctx.event(f"resuming with {len(done)} of {spec.items} items done")
     for i in range(spec.items):

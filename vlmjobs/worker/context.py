@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -57,10 +58,41 @@ def job_logger(job_id: int, workdir: Path) -> logging.Logger:
     for h in list(log.handlers):
         log.removeHandler(h)
         h.close()
-    handler = logging.FileHandler(workdir / "job.log", encoding="utf-8")
+    handler = _JobLogHandler(workdir / "job.log", encoding="utf-8")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
     log.addHandler(handler)
     return log
+
+
+class _JobLogHandler(logging.FileHandler):
+    """A job.log that cannot be written (disk full) says so once on the worker's log,
+    instead of a "--- Logging error ---" traceback per line; the job's error says why."""
+
+    failed = False
+
+    def handleError(self, record: logging.LogRecord) -> None:  # noqa: N802 - logging's name
+        self._report(sys.exc_info()[1])
+
+    def flush(self) -> None:
+        try:
+            super().flush()
+        except OSError as e:  # the buffered lines cannot reach the disk either
+            self._report(e)
+
+    def close(self) -> None:
+        try:
+            super().close()
+        except OSError as e:
+            self._report(e)
+
+    def _report(self, error: BaseException | None) -> None:
+        if not self.failed:
+            self.failed = True
+            logging.getLogger("vlmjobs.worker").warning(
+                "cannot write %s (%s): further job log lines are dropped",
+                self.baseFilename,
+                error,
+            )
 
 
 def close_logger(log: logging.Logger) -> None:

@@ -18,8 +18,12 @@ claim fails. Outcomes (each written only while the lease still holds):
 
 from __future__ import annotations
 
+import errno
 import logging
+import os
+import shutil
 import traceback
+from pathlib import Path
 from typing import Any
 
 from vlmjobs.db import lifecycle
@@ -40,11 +44,28 @@ _RETRYABLE_NAMES = {"OutOfMemoryError", "OperationalError", "InterfaceError", "D
 
 def retryable(exc: BaseException) -> bool:
     """Whether another attempt may succeed: never for our own (user-fixable) errors or bugs."""
-    if isinstance(exc, VlmjobsError):
-        return False
+    if isinstance(exc, VlmjobsError) or disk_full(exc):
+        return False  # a full disk stays full for a retry seconds later: the user frees it
     if isinstance(exc, (ConnectionError, TimeoutError, MemoryError, OSError)):
         return not isinstance(exc, (FileNotFoundError, PermissionError, NotADirectoryError))
     return type(exc).__name__ in _RETRYABLE_NAMES
+
+
+def disk_full(exc: BaseException) -> bool:
+    return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
+def disk_full_error(exc: OSError, workdir: Path) -> str:
+    """What filled up, where, and what to do (the path and its free space named)."""
+    path = Path(exc.filename) if exc.filename else workdir
+    probe = next((p for p in (path, *path.parents) if p.exists()), Path("/"))
+    free = shutil.disk_usage(probe).free
+    where = f"writing {str(path)!r}" if exc.filename else f"under {str(workdir)!r}"
+    return (
+        f"disk full {where} ({os.strerror(exc.errno or errno.ENOSPC)}; {free / 2**30:.2f} GiB "
+        f"free on its filesystem): free space, then `vlmjobs retry` the job (its last "
+        "checkpoint and committed outputs are kept)"
+    )
 
 
 def claim(job_id: int) -> Lease | None:
@@ -109,6 +130,9 @@ def _on_error(c: Lease, ctx: WorkerContext, exc: BaseException) -> None:
         _requeue_own(c, f"worker shutting down ({error}): re-queued", count_attempt=False)
     elif retryable(exc) and c.attempt < c.max_attempts:
         _requeue_own(c, f"attempt {c.attempt} failed ({error}): retrying", count_attempt=True)
+    elif isinstance(exc, OSError) and disk_full(exc):
+        full = disk_full_error(exc, ctx.workdir)
+        _finish(c, State.failed, full, "error", error=full, traceback=tb)
     else:
         _finish(c, State.failed, error, "error", error=error, traceback=tb)
 

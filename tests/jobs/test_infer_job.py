@@ -254,6 +254,7 @@ def test_killed_worker_resumes_with_one_output_per_image(
     assert len(outs) == n and len({o.item_key for o in outs}) == n
     assert all(o.status == "ok" for o in outs)
     assert job.attempts == 2 and job.result["skipped"] >= done_before
+    assert (job.result["ok"], job.result["failed"]) == (n, 0)  # both attempts' rows, not the last's
 
 
 def _count(job_id: int) -> int:

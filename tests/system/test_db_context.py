@@ -12,6 +12,7 @@ from vlmjobs import settings
 from vlmjobs.db import lifecycle
 from vlmjobs.db.models import Checkpoint, Job, Output, Region
 from vlmjobs.db.session import current_revision, ensure_schema, get_engine, session
+from vlmjobs.errors import LostOwnership
 from vlmjobs.jobs.context import OutputRecord, RegionRecord
 from vlmjobs.scheduler.submit import submit
 from vlmjobs.specs import load_spec
@@ -82,8 +83,7 @@ def test_progress_throttle_metrics_and_cancel_poll(ctx: WorkerContext) -> None:
     assert not ctx.should_stop()
     with session() as s:
         s.get_one(Job, ctx.job_id).cancel_requested = True
-    ctx._last_cancel_poll = 0.0  # skip the one-second poll interval
-    assert ctx.should_stop() and ctx.stop_seen
+    assert ctx.should_stop() and ctx.stop_seen  # the very next check sees it
 
 
 def test_deleting_a_job_cascades(ctx: WorkerContext) -> None:
@@ -124,3 +124,15 @@ def test_resident_objects_outlive_a_job_until_another_key_evicts_them(
     other = second.resident(b, load("b"))  # another base evicts the first
     assert first.resident(a, load("a")) is not model
     assert other is not model and loads == ["a", "b", "a"]
+
+
+def test_output_counts_cover_every_attempt(ctx: WorkerContext) -> None:
+    failed = OutputRecord("bad", "src/bad", "failed", error="not an image")
+    ctx.save_outputs([_rec("a", 1), _rec("b", 0), failed])
+    msg = lifecycle.requeue_own(ctx.lease, "test: worker shutting down", count_attempt=False)
+    assert msg is not None
+    second = _claimed(ctx.job_id)  # the resumed attempt labels one more
+    second.save_outputs([_rec("c", 2)])
+    assert second.output_counts() == {"ok": 3, "failed": 1}
+    with pytest.raises(LostOwnership):  # and the first attempt can write no more
+        ctx.save_outputs([_rec("d", 0)])

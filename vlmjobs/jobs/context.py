@@ -91,6 +91,10 @@ class JobContext(Protocol):
         """Item keys this job already committed (resume skips them); for a scheduled run,
         also the keys other runs of its schedule labeled ok (so each run labels only new items)."""
 
+    def output_counts(self) -> dict[str, int]:
+        """This job's committed outputs by status (``{"ok": 130, "failed": 2}``), over
+        every attempt: what a result reports, not just the last attempt's share."""
+
     def save_outputs(self, outputs: Iterable[OutputRecord]) -> int:
         """Commit outputs and their regions in one transaction; keys already saved are skipped.
 

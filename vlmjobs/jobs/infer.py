@@ -79,8 +79,6 @@ class Unit:
 @dataclass
 class Tally:
     done: int = 0
-    ok: int = 0
-    failed: int = 0
     skipped: int = 0
     parsed_ok: int = 0
     generated: int = 0
@@ -115,7 +113,7 @@ def run(spec: InferSpec, ctx: JobContext) -> dict[str, Any]:
         stop.set()
         producer.join(timeout=30)
     ctx.progress(tally.done, total if total is not None or stopped else tally.done)
-    return _summary(tally, stopped)
+    return _summary(tally, stopped, ctx.output_counts())
 
 
 def _engine(spec: InferSpec, plan: Plan, ctx: JobContext) -> tuple[Any, Generator]:
@@ -178,8 +176,6 @@ def _count(tally: Tally, unit: Unit, outputs: list[OutputRecord]) -> None:
     tally.done += unit.skipped + len(outputs)
     tally.skipped += unit.skipped
     for out in outputs:
-        tally.ok += out.status == "ok"
-        tally.failed += out.status == "failed"
         if out.status == "ok":
             tally.generated += 1
             tally.parsed_ok += out.parse_status in ("ok", "repaired")
@@ -194,11 +190,13 @@ def _rates(tally: Tally) -> dict[str, float]:
     }
 
 
-def _summary(tally: Tally, stopped: bool) -> dict[str, Any]:
+def _summary(tally: Tally, stopped: bool, saved: dict[str, int]) -> dict[str, Any]:
+    """``ok``/``failed`` count the job's rows over all attempts (a resumed job's last
+    attempt saw only part); the rest describe this attempt."""
     return {
         "images": tally.done,
-        "ok": tally.ok,
-        "failed": tally.failed,
+        "ok": saved.get("ok", 0),
+        "failed": saved.get("failed", 0),
         "skipped": tally.skipped,
         "regions": tally.regions,
         "stopped_early": stopped,

@@ -4,8 +4,8 @@ Writes are small transactions of their own, so a crash loses at most the
 current step. Every one is fenced (``lifecycle.owned``): once this attempt has
 lost the job to another, a write raises ``LostOwnership`` and lands nothing,
 and ``publish`` renames no artifact into place. Progress is throttled to one
-database write per second (a recipe may call it every batch); cancel flags are
-polled at most once a second.
+database write per second (a recipe may call it every batch); the cancel flag
+is read at every ``should_stop``.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from sqlalchemy import delete, insert, select, update
+from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from vlmjobs import settings
@@ -115,7 +115,6 @@ class WorkerContext:
         self.flags = flags
         self.stop_seen = False  # the recipe was told to stop (it may have returned early)
         self._last_progress = 0.0
-        self._last_cancel_poll = 0.0
         self._cancelled = False
 
     def progress(self, done: int, total: int | None = None) -> None:
@@ -139,11 +138,20 @@ class WorkerContext:
             s.add(JobEvent(job_id=self.job_id, level=level, message=message))
 
     def cancel_requested(self) -> bool:
-        now = time.monotonic()
-        if not self._cancelled and now - self._last_cancel_poll >= 1.0:
-            self._last_cancel_poll = now
+        # Read at every call (one primary-key lookup): a recipe asks once per step or
+        # batch, so a cancel overshoots by at most the batch in flight.
+        if not self._cancelled:
             self._cancelled = lifecycle.cancel_requested(self.job_id)
         return self._cancelled
+
+    def output_counts(self) -> dict[str, int]:
+        with session() as s:
+            rows = s.execute(
+                select(Output.status, func.count())
+                .where(Output.job_id == self.job_id)
+                .group_by(Output.status)
+            ).all()
+        return {status: int(n) for status, n in rows}
 
     def lost(self) -> bool:
         """Whether the heartbeat found that another attempt owns the job now."""

@@ -136,3 +136,12 @@ def test_output_counts_cover_every_attempt(ctx: WorkerContext) -> None:
     assert second.output_counts() == {"ok": 3, "failed": 1}
     with pytest.raises(LostOwnership):  # and the first attempt can write no more
         ctx.save_outputs([_rec("d", 0)])
+
+
+def test_add_sources_records_every_source_once(ctx: WorkerContext) -> None:
+    ctx.save_outputs([_rec("a", 1)])
+    ctx.add_sources([("a", "copy/a.png"), ("a", "src/a"), ("a", "copy/a.png"), ("zz", "x")])
+    ctx.add_sources([("a", "tar!a.png")])  # a later batch, or a resumed attempt
+    with session() as s:
+        row = s.scalars(select(Output).where(Output.job_id == ctx.job_id)).one()
+    assert row.extra["sources"] == ["src/a", "copy/a.png", "tar!a.png"]

@@ -91,6 +91,11 @@ class JobContext(Protocol):
         """Item keys this job already committed (resume skips them); for a scheduled run,
         also the keys other runs of its schedule labeled ok (so each run labels only new items)."""
 
+    def add_sources(self, aliases: Iterable[tuple[str, str]]) -> None:
+        """Record more sources of already saved items: ``(item_key, source)`` pairs of
+        identical images read from elsewhere, kept in the row's ``extra["sources"]``
+        (the first source included) so every file shows up in exports."""
+
     def output_counts(self) -> dict[str, int]:
         """This job's committed outputs by status (``{"ok": 130, "failed": 2}``), over
         every attempt: what a result reports, not just the last attempt's share."""

@@ -74,6 +74,8 @@ class Unit:
     batch: Any = None
     failed: list[OutputRecord] = field(default_factory=list)
     skipped: int = 0
+    # (item key, source) of skipped duplicates: recorded on the key's row once it is saved
+    aliases: list[tuple[str, str]] = field(default_factory=list)
 
 
 @dataclass
@@ -165,6 +167,8 @@ def _consume(
                 generator, processor, unit.ready, spec, plan, batch=unit.batch, event=ctx.event
             )
         ctx.save_outputs(outputs)
+        if unit.aliases:
+            ctx.add_sources(unit.aliases)
         _count(tally, unit, outputs)
         ctx.progress(tally.done, total)
         step += 1
@@ -250,9 +254,10 @@ def _produce(
             return
         if pending.skipped + len(pending.failed) >= SETTLED_FLUSH:
             _put(units, Unit(failed=pending.failed, skipped=pending.skipped), stop)
-            pending.failed, pending.skipped = [], 0
+            pending.failed, pending.skipped = [], 0  # aliases wait for their rows (_flush)
         if raw.key in seen:
             pending.skipped += 1
+            pending.aliases.append((raw.key, raw.source))  # another source of that image
             continue
         if spec.limit is not None and unique >= spec.limit:
             break
@@ -302,6 +307,8 @@ def _flush(
         unit.ready = ready
         if ready:
             unit.batch = _inputs(processor, ready, plan)
+        if i == max(len(batches), 1) - 1:  # the last: every row the aliases name is saved
+            unit.aliases = pending.aliases
         _put(units, unit, stop)
 
 

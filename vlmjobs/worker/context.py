@@ -248,6 +248,18 @@ class WorkerContext:
             shutil.rmtree(old, ignore_errors=True)
         return final
 
+    def add_sources(self, aliases: Iterable[tuple[str, str]]) -> None:
+        with lifecycle.owned(self.lease) as s:
+            for key, source in aliases:
+                row = s.scalar(
+                    select(Output).where(Output.job_id == self.job_id, Output.item_key == key)
+                )
+                if row is None:  # labeled by another run of the schedule: not this job's row
+                    continue
+                sources = list(row.extra.get("sources") or [row.source])
+                if source not in sources:  # a resumed attempt reads the same files again
+                    row.extra = {**row.extra, "sources": [*sources, source]}
+
     def resident(self, key: str, factory: Callable[[], T]) -> T:
         if key not in _resident:
             for old in list(_resident):

@@ -11,10 +11,11 @@ Two ways a job gets stuck, both repaired by re-queuing it with a fresh message:
   job ``queued`` for longer than ``VLMJOBS_REQUEUE_GRACE_S`` whose task id is
   in no Redis queue and not held unacknowledged by a worker is re-sent.
 
-Every worker runs this at start and every ``VLMJOBS_RECONCILE_S``, and beat
-schedules it too; concurrent runs are safe because each repair is one
-compare-and-set in ``db/lifecycle.py`` that only one process can win, and a
-take-over re-checks the owner's fence and heartbeat age in that same UPDATE.
+Every worker runs this at start and every ``VLMJOBS_RECONCILE_S`` (in its
+heartbeat thread; beat does not, to keep one mechanism); concurrent runs are
+safe because each repair is one compare-and-set in ``db/lifecycle.py`` that
+only one process can win, and a take-over re-checks the owner's fence and
+heartbeat age in that same UPDATE.
 """
 
 from __future__ import annotations

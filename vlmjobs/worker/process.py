@@ -3,8 +3,8 @@
 The heartbeat is a thread (not the recipe's ``ctx.progress``) so that a job
 loading a model for minutes still looks alive; a process killed with -9 takes
 the thread with it, which is exactly what ``reconcile`` detects. The same
-thread runs ``reconcile`` every ``VLMJOBS_RECONCILE_S``: with the solo pool a
-worker's main thread is busy for the whole job, so a Celery task could not.
+thread runs ``reconcile`` every ``VLMJOBS_RECONCILE_S``, so any live worker
+repairs what a dead one left, whatever it is running.
 """
 
 from __future__ import annotations

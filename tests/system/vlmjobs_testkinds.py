@@ -31,6 +31,9 @@ class SleepySpec(JobSpec):
     # disk-full: a write that gets ENOSPC (to /dev/full).
     fail: Literal["value", "flaky", "disk-full"] | None = None
     data_dir: str | None = None
+    # Write workdir/out/owner.txt through ctx.publish at the end (an artifact, as train's
+    # adapter): the soak checks that the succeeded attempt's copy is the one on disk.
+    publish: bool = False
     opts: SleepyOptions = SleepyOptions()
 
     @field_validator("data_dir")
@@ -74,6 +77,11 @@ def run_sleepy(spec: SleepySpec, ctx: JobContext) -> dict[str, Any]:
         )
         ctx.progress(i + 1, spec.items)
         ctx.metrics({"loss": 1.0 / (i + 1)}, step=i)
+    if spec.publish and not ctx.should_stop():
+        tmp = ctx.workdir / f".tmp-out-{os.getpid()}"
+        tmp.mkdir(exist_ok=True)
+        (tmp / "owner.txt").write_text(f"attempt={ctx.attempt}\n")
+        ctx.publish(tmp, ctx.workdir / "out")
     return {"items": len(ctx.done_keys())}
 
 

@@ -123,8 +123,12 @@ def check(ids: list[int]) -> dict[str, object]:
     out: dict[str, object] = collections.Counter()
     failures: list[str] = []
     with session() as s:
+        stale = JobEvent.message.like("%stopped heartbeating%")
+        taken = s.scalar(select(func.count(func.distinct(JobEvent.job_id))).where(stale))
+        out["jobs re-queued after a stale heartbeat"] = int(taken or 0)
         for job in s.scalars(select(Job).where(Job.id.in_(ids))):
             out[f"state {job.state}"] += 1  # type: ignore[operator]
+            out["jobs run by more than one attempt"] += job.fence > 1  # type: ignore[operator]
             if job.state != "succeeded":
                 if job.state != "failed" or "gave up" not in (job.error or ""):
                     failures.append(f"job {job.id} {job.state}: {job.error}")

@@ -18,14 +18,8 @@ from PIL import Image
 from pycocotools.coco import COCO
 
 from vlmjobs.cli.main import cli
-from vlmjobs.cli.results import (
-    draw_regions,
-    jsonl_lines,
-    render,
-    to_coco,
-    to_labelstudio,
-    write_csv,
-)
+from vlmjobs.cli.results import draw_regions, render
+from vlmjobs.exports import jsonl_lines, to_coco, to_labelstudio, write_csv
 
 
 def outputs_for(a: str, b: str) -> list[dict]:

@@ -7,6 +7,8 @@ an infer job's outputs from the database (``iter_outputs``) and hands them over.
 from __future__ import annotations
 
 import hashlib
+import json
+import os
 import sys
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -17,7 +19,7 @@ import click
 from vlmjobs.cli.jobs import friendly_errors
 from vlmjobs.cli.main import cli
 from vlmjobs.errors import JobNotFound
-from vlmjobs.exports import FORMATS, export
+from vlmjobs.exports import FORMATS, LS_MODES, export, image_url, labelstudio_config
 
 # --- render: boxes and phrases drawn on the original image --------------------------------------
 
@@ -196,19 +198,74 @@ def _infer_job(job_id: int) -> dict[str, Any]:
 @click.option(
     "--out", type=click.Path(dir_okay=False, path_type=Path), help="file (default: stdout)"
 )
+@click.option(
+    "--gt",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="coco: take image ids, file names and categories from this ground truth",
+)
+@click.option("--class-agnostic", is_flag=True, help="coco: one category; phrase in `caption`")
+@click.option(
+    "--ls-mode",
+    type=click.Choice(LS_MODES),
+    default="captions",
+    show_default=True,
+    help="labelstudio: a per-region phrase TextArea, or a Label per phrase",
+)
+@click.option("--config", is_flag=True, help="labelstudio: print the labeling config instead")
+@click.option("--image-root-url", help="labelstudio: URL prefix Label Studio serves images from")
+@click.option(
+    "--image-root",
+    help="labelstudio: the directory --image-root-url serves (default: the images' common parent)",
+)
 @friendly_errors
-def results(job_id: int, fmt: str, out: Path | None) -> None:
+def results(
+    job_id: int,
+    fmt: str,
+    out: Path | None,
+    gt: Path | None,
+    class_agnostic: bool,
+    ls_mode: str,
+    config: bool,
+    image_root_url: str | None,
+    image_root: str | None,
+) -> None:
     """Export an infer job's outputs: boxes in original pixels (Label Studio: percent)."""
     job = _infer_job(job_id)
+    if config:
+        phrases = (r["phrase"] for o in iter_outputs(job_id) for r in o["regions"])
+        click.echo(labelstudio_config(ls_mode, phrases if ls_mode == "labels" else ()), nl=False)
+        return
+    options: dict[str, Any] = {"class_agnostic": class_agnostic, "ls_mode": ls_mode}
+    if gt is not None:
+        options["truth"] = _read_truth(gt)
+    if image_root_url:
+        root = image_root or _common_parent(o["source"] for o in iter_outputs(job_id))
+        options["url"] = lambda source: image_url(source, root, image_root_url)
     outputs = iter_outputs(job_id)
     if out is None:
-        export(outputs, fmt, sys.stdout, model_version(job))
+        export(outputs, fmt, sys.stdout, model_version(job), **options)
         return
     tmp = out.with_name(out.name + ".partial")
     with tmp.open("w", encoding="utf-8", newline="") as stream:
-        export(outputs, fmt, stream, model_version(job))
+        export(outputs, fmt, stream, model_version(job), **options)
     tmp.replace(out)  # a reader never sees half a file
     click.echo(f"wrote {out}", err=True)
+
+
+def _read_truth(path: Path) -> Any:
+    from vlmjobs.eval.data import load_truth
+
+    try:
+        return load_truth(path)
+    except (ValueError, KeyError, json.JSONDecodeError) as e:
+        raise click.BadParameter(str(e), param_hint="--gt") from e
+
+
+def _common_parent(sources: Iterable[str]) -> str:
+    paths = [s.split("!", 1)[0] for s in sources]
+    if not paths:
+        return "/"
+    return os.path.commonpath([os.path.dirname(p) for p in paths])
 
 
 @cli.command("render")

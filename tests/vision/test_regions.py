@@ -93,7 +93,7 @@ def test_normalize_phrase(phrase, want):
 def test_dedup_and_eval_agree_on_the_same_phrase():
     """Infer's dedup used to keep "red-circle" beside "a red circle." (end punctuation only)
     while eval scored them as one phrase: both now use normalize_phrase."""
-    from vlmjobs.jobs.evaluate import match_regions
+    from vlmjobs.eval.answers import match_regions
 
     boxes = np.array([[0, 0, 10, 10], [0, 0, 10, 10]], dtype=float)
     regions = Regions(boxes, ["red-circle", "a red circle."], [0.9, 0.8])

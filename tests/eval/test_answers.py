@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from vlmjobs.jobs.evaluate import (
+from vlmjobs.eval.answers import (
     RegionCounts,
     edit_distance,
     flatten_json,

@@ -2,6 +2,7 @@
 
 | module | what it gives |
 | --- | --- |
+| ``answers.py`` | one answer vs its target: region P/R/F1, JSON fields, edit distance |
 | ``data.py`` | ground truth and predictions read into one shape (``Truth``, ``Predictions``) |
 | ``images.py`` | which prediction belongs to which ground-truth image (by file name) |
 | ``coco.py`` | COCO bbox AP/AR computed by pycocotools |

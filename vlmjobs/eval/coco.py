@@ -64,7 +64,7 @@ def coco_inputs(
     def category(phrase: str) -> int | None:
         return 1 if class_agnostic else by_key.get(normalize_phrase(phrase))
 
-    gt_anns = []
+    gt_anns: list[dict[str, Any]] = []
     for name in names:
         regions = truth.regions[name]
         for box, phrase in zip(regions.boxes.tolist(), regions.phrases, strict=True):
@@ -85,9 +85,10 @@ def coco_inputs(
     }
     inputs = CocoInputs(gt, [])
     for pred_name, gt_name in match.pairs.items():
-        regions = preds.regions.get(pred_name)
-        if regions is None:
+        found = preds.regions.get(pred_name)
+        if found is None:
             continue
+        regions = found
         scores = regions.scores if regions.scores is not None else np.ones(len(regions))
         for box, phrase, score in zip(
             regions.boxes.tolist(), regions.phrases, scores.tolist(), strict=True

@@ -142,12 +142,16 @@ def _visual_genome_truth(doc: list[dict[str, Any]], image_data: Path) -> Truth:
 
 
 def predictions_from_outputs(outputs: Iterable[dict[str, Any]], label: str) -> Predictions:
-    """Infer outputs (a job's, or its jsonl export): regions of ok images, with a region
-    that has no confidence ranked as 1.0 (what the COCO export writes)."""
+    """Infer outputs (a job's, or its jsonl export) or regions.jsonl rows: regions of ok
+    images, a region without a confidence ranked as 1.0 (what the COCO export writes)."""
     preds = Predictions(label)
-    for out in outputs:
-        name = str(out["source"])
-        if out.get("status") != "ok":
+    for n, out in enumerate(outputs, 1):
+        if "source" not in out and "image" not in out:
+            raise ValueError(
+                f"prediction {n} has neither 'source' (infer output) nor 'image' (regions.jsonl)"
+            )
+        name = str(out.get("source", out.get("image")))
+        if out.get("status", "ok") != "ok":
             preds.failed.append(name)
             continue
         items = out.get("regions") or []

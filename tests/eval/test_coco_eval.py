@@ -17,8 +17,9 @@ import pytest
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from vlmjobs.eval.coco import STAT_NAMES
+from vlmjobs.eval.coco import STAT_NAMES, coco_inputs, coco_metrics
 from vlmjobs.eval.data import coco_truth, predictions_from_outputs
+from vlmjobs.eval.images import match_images
 from vlmjobs.eval.score import score
 
 CATS = {1: "cat", 2: "dog"}
@@ -106,14 +107,55 @@ def as_outputs(dets: list[tuple], phrase_of: dict[int, str] = CATS) -> list[dict
         pytest.param([], 0.0, id="no-detections"),
     ],
 )
-def test_coco_matches_pycocotools(dets: list[tuple], ap: float | None, tmp_path: Path) -> None:
-    rows = score(coco_truth(GT), predictions_from_outputs(as_outputs(dets), "p"), "coco")
-    ours = [rows[0].metrics[k] for k in STAT_NAMES]
+@pytest.mark.parametrize("engine, tolerance", [("pycocotools", 1e-9), ("faster-coco-eval", 1e-4)])
+def test_coco_matches_pycocotools(
+    dets: list[tuple], ap: float | None, engine: str, tolerance: float, tmp_path: Path
+) -> None:
+    truth = coco_truth(GT)
+    preds = predictions_from_outputs(as_outputs(dets), "p")
+    inputs = coco_inputs(truth, preds, match_images(preds.names, truth.names))
+    metrics = coco_metrics(inputs, engine)
+    ours = [metrics[k] for k in STAT_NAMES]
     if dets:
-        np.testing.assert_allclose(ours, direct(dets, tmp_path), atol=1e-9)
+        np.testing.assert_allclose(ours, direct(dets, tmp_path), atol=tolerance)
     if ap is not None:
         assert ours[0] == pytest.approx(ap)
-    assert rows[0].match.unmatched_pred == []
+
+
+def test_engines_agree_on_a_random_set() -> None:
+    """60 images, up to 3 categories, jittered and random boxes: faster-coco-eval within 1e-4."""
+    rng = np.random.default_rng(0)
+    gt: dict = {"images": [], "categories": GT["categories"], "annotations": []}
+    dets = []
+    for i in range(1, 61):
+        gt["images"].append({"id": i, "file_name": f"{i}.jpg", "width": 640, "height": 480})
+        for _ in range(rng.integers(0, 6)):
+            x, y, w, h = (*rng.uniform(0, 400, 2), *rng.uniform(4, 200, 2))
+            c = int(rng.integers(1, 3))
+            ann = {"id": len(gt["annotations"]) + 1, "image_id": i, "category_id": c}
+            gt["annotations"].append({**ann, "bbox": [x, y, w, h], "area": w * h, "iscrowd": 0})
+            if rng.random() < 0.8:
+                jx, jy = rng.normal(0, 0.1 * w), rng.normal(0, 0.1 * h)
+                dets.append((i, c, [x + jx, y + jy, w, h], float(rng.random())))
+        dets.append((i, int(rng.integers(1, 3)), [10.0, 10.0, 30.0, 30.0], float(rng.random())))
+    from vlmjobs.eval.coco import CocoInputs
+
+    results = [
+        {
+            "id": n,
+            "image_id": i,
+            "category_id": c,
+            "bbox": b,
+            "area": b[2] * b[3],
+            "iscrowd": 0,
+            "score": s,
+        }
+        for n, (i, c, b, s) in enumerate(dets, start=1)
+    ]
+    inputs = CocoInputs(gt, results)
+    slow, fast = coco_metrics(inputs, "pycocotools"), coco_metrics(inputs, "faster-coco-eval")
+    assert 0.2 < slow["AP"] < 0.95
+    np.testing.assert_allclose(list(fast.values()), list(slow.values()), atol=1e-4)
 
 
 def test_unknown_phrases_are_left_out_and_counted(tmp_path: Path) -> None:

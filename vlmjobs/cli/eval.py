@@ -96,7 +96,8 @@ def _load_predictions(ref: str, truth: Any) -> Any:
         if not path.is_file():
             raise ValueError(f"{ref!r} is neither job:ID nor a file")
         return load_predictions(path, truth)
-    from vlmjobs.cli.results import iter_outputs, load_job
+    from vlmjobs.cli.results import load_job
+    from vlmjobs.db.outputs import iter_outputs
 
     job = load_job(int(found.group(1)))
     if job["kind"] not in ("infer", "eval"):

@@ -10,7 +10,7 @@ import hashlib
 import json
 import os
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +18,7 @@ import click
 
 from vlmjobs.cli.jobs import friendly_errors
 from vlmjobs.cli.main import cli
+from vlmjobs.db.outputs import iter_outputs
 from vlmjobs.errors import JobNotFound
 from vlmjobs.exports import FORMATS, LS_MODES, export, image_url, labelstudio_config
 
@@ -85,30 +86,6 @@ def render(outputs: Iterable[dict[str, Any]], out_dir: Path, limit: int | None) 
 # --- database side ------------------------------------------------------------------------------
 
 
-def output_dict(row: Any) -> dict[str, Any]:
-    """An ``Output`` row (with its regions) as an export dict."""
-    return {
-        "key": row.item_key,
-        "source": row.source,
-        "status": row.status,
-        "parse_status": row.parse_status,
-        "raw_text": row.raw_text,
-        "error": row.error,
-        "image_w": row.image_w,
-        "image_h": row.image_h,
-        "input_w": row.input_w,
-        "input_h": row.input_h,
-        "prompt_tokens": row.prompt_tokens,
-        "generated_tokens": row.generated_tokens,
-        "latency_ms": row.latency_ms,
-        "extra": row.extra or {},
-        "regions": [
-            {"bbox": [r.x1, r.y1, r.x2, r.y2], "phrase": r.phrase, "score": r.score}
-            for r in sorted(row.regions, key=lambda r: r.id)
-        ],
-    }
-
-
 def load_job(job_id: int) -> dict[str, Any]:
     """The job's id, kind, state and spec; JobNotFound when there is none."""
     from vlmjobs.db.models import Job
@@ -119,31 +96,6 @@ def load_job(job_id: int) -> dict[str, Any]:
         if job is None:
             raise JobNotFound(f"no job {job_id}: see `vlmjobs status` for the ids")
         return {"id": job.id, "kind": job.kind, "state": job.state, "spec": job.spec}
-
-
-def iter_outputs(job_id: int, chunk: int = 500) -> Iterator[dict[str, Any]]:
-    """The job's outputs in commit order, read ``chunk`` rows (and their regions) at a time."""
-    from sqlalchemy import select
-    from sqlalchemy.orm import selectinload
-
-    from vlmjobs.db.models import Output
-    from vlmjobs.db.session import session
-
-    last = 0
-    while True:
-        with session() as s:
-            rows = s.scalars(
-                select(Output)
-                .where(Output.job_id == job_id, Output.id > last)
-                .order_by(Output.id)
-                .limit(chunk)
-                .options(selectinload(Output.regions))
-            ).all()
-            batch = [output_dict(r) for r in rows]
-        if not batch:
-            return
-        last = rows[-1].id
-        yield from batch
 
 
 def throughput_line(s: Any, job: Any) -> str:
@@ -187,8 +139,10 @@ def model_version(job: dict[str, Any]) -> str:
 
 def _infer_job(job_id: int) -> dict[str, Any]:
     job = load_job(job_id)
-    if job["kind"] != "infer":
-        raise JobNotFound(f"job {job_id} is a {job['kind']} job: results come from infer jobs")
+    if job["kind"] not in ("infer", "eval"):
+        raise JobNotFound(
+            f"job {job_id} is a {job['kind']} job: results come from infer and eval jobs"
+        )
     return job
 
 

@@ -34,5 +34,14 @@ if ! .venv/bin/python -c "import torch" >/dev/null 2>&1; then
   echo "setup: installing torch ${VLMJOBS_TORCH:-2.13.0}"
   .venv/bin/pip install -q "torch==${VLMJOBS_TORCH:-2.13.0}"
 fi
-.venv/bin/pip install -q -e ".[test]"
+# Then exactly what CI tested: every other package from the lock, hashes checked, no resolver
+# (deploy/lock.sh refreshes it). VLMJOBS_UNLOCKED=1 resolves pyproject's ranges instead
+# (deploy/check-latest.sh uses it to find the next break before users do).
+if [[ -n "${VLMJOBS_UNLOCKED:-}" ]]; then
+  .venv/bin/pip install -q ${VLMJOBS_PIP_ARGS:-} -e ".[test,dev,monitor,local]"
+else
+  .venv/bin/pip install -q --require-hashes --no-deps -r deploy/requirements.lock
+  .venv/bin/pip install -q --no-deps --no-build-isolation -e .
+  .venv/bin/pip check >/dev/null || { .venv/bin/pip check; exit 1; }
+fi
 echo "setup: ok ($(.venv/bin/python -c 'import torch, transformers; print("torch", torch.__version__, "transformers", transformers.__version__)'))"

@@ -22,7 +22,7 @@ from sqlalchemy import desc, select
 from vlmjobs import settings
 from vlmjobs.db.models import TERMINAL, Job, JobEvent, Metric, utcnow
 from vlmjobs.db.session import mask_url, session
-from vlmjobs.errors import JobNotFound, SpecError, VlmjobsError
+from vlmjobs.errors import ConfigError, JobNotFound, SpecError, VlmjobsError
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -43,7 +43,7 @@ def friendly_errors(f: F) -> F:
             for path, msg in e.problems:
                 click.echo(f"  {path}: {msg}", err=True)
             sys.exit(2)
-        except JobNotFound as e:
+        except (JobNotFound, ConfigError) as e:
             click.echo(f"error: {e}", err=True)
             sys.exit(2)
         except VlmjobsError as e:

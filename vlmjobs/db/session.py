@@ -15,12 +15,15 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import importlib.util
+
 from sqlalchemy import Engine, create_engine, event, text
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError
 from sqlalchemy.orm import Session
 
 from vlmjobs import settings
-from vlmjobs.errors import VlmjobsError
+from vlmjobs.errors import ConfigError, VlmjobsError
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 # An arbitrary constant: the key of the PostgreSQL advisory lock held while upgrading.
@@ -38,7 +41,7 @@ def mask_url(url: str) -> str:
     """
     try:
         return make_url(url).render_as_string(hide_password=True)
-    except ValueError:
+    except (ValueError, ArgumentError):
         return _USERINFO_PASSWORD.sub(r"\1***@", url)
 
 
@@ -51,18 +54,62 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur.close()
 
 
+# PostgreSQL drivers SQLAlchemy knows -> the module each imports and what to install.
+_PG_DRIVERS = {
+    "psycopg": ("psycopg", "psycopg[binary]"),
+    "psycopg2": ("psycopg2", "psycopg2-binary"),
+    "asyncpg": ("asyncpg", "asyncpg"),
+    "pg8000": ("pg8000", "pg8000"),
+}
+
+
+def normalize_url(url: str) -> URL:
+    """``url`` as SQLAlchemy should read it, or VlmjobsError in one line saying what to do.
+
+    ``postgres://`` (Heroku, many PaaS) and ``postgresql://`` both mean psycopg 3, the
+    driver vlmjobs depends on (SQLAlchemy 2.0 read a bare ``postgresql://`` as psycopg2,
+    2.1 as psycopg 3: naming it makes the same URL work on both). An explicit driver
+    (``postgresql+psycopg2://``) is kept, and must be installed.
+    """
+    if url.startswith("postgres://"):
+        url = "postgresql://" + url[len("postgres://") :]
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        raise ConfigError(
+            f"database URL {mask_url(url)!r} is not a URL: write sqlite:///PATH or "
+            "postgresql://USER:PASSWORD@HOST:PORT/DB"
+        ) from None
+    if parsed.drivername == "postgresql":
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    backend, _, driver = parsed.drivername.partition("+")
+    if backend not in ("sqlite", "postgresql"):
+        raise ConfigError(
+            f"database URL {mask_url(url)!r}: vlmjobs supports sqlite:/// and postgresql:// "
+            f"(got {backend!r})"
+        )
+    if backend == "postgresql":
+        module, package = _PG_DRIVERS.get(driver, (driver, driver))
+        if importlib.util.find_spec(module) is None:
+            raise ConfigError(
+                f"database URL {mask_url(url)!r} needs the PostgreSQL driver {module!r}, which "
+                f"is not installed: pip install '{package}', or write postgresql:// (psycopg 3)"
+            )
+    return parsed
+
+
 def get_engine(url: str | None = None) -> Engine:
     """The process's engine for ``url`` (default: ``settings.db_url()``), created once."""
     url = url or settings.db_url()
     if url not in _engines:
-        parsed = make_url(url)
+        parsed = normalize_url(url)
         if parsed.get_backend_name() == "sqlite":
             if parsed.database and parsed.database != ":memory:":
                 Path(parsed.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
-            engine = create_engine(url, connect_args={"timeout": 30})
+            engine = create_engine(parsed, connect_args={"timeout": 30})
             event.listen(engine, "connect", _sqlite_pragmas)
         else:
-            engine = create_engine(url, pool_pre_ping=True)
+            engine = create_engine(parsed, pool_pre_ping=True)
         _engines[url] = engine
     return _engines[url]
 
@@ -89,7 +136,8 @@ def _alembic_config(url: str) -> Any:
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS))
     # ConfigParser interpolation treats % specially: escape it in passwords.
-    cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    full = normalize_url(url).render_as_string(hide_password=False)
+    cfg.set_main_option("sqlalchemy.url", full.replace("%", "%%"))
     return cfg
 
 

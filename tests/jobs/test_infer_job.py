@@ -78,8 +78,9 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
         for _round in range(4):
             picked = [images[i] for i in taught]
-            batch = build_inputs(processor, picked, [prompt_for(TASK)] * len(picked),
-                                 answers=[ANSWER] * len(picked))
+            batch = build_inputs(
+                processor, picked, [prompt_for(TASK)] * len(picked), answers=[ANSWER] * len(picked)
+            )
             model.train()
             for _ in range(300):
                 loss = model(**batch).loss

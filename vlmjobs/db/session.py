@@ -9,13 +9,12 @@ in a process (a cheap version check; the upgrade itself runs under a lock).
 from __future__ import annotations
 
 import fcntl
+import importlib.util
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
-
-import importlib.util
 
 from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import URL, make_url
@@ -130,7 +129,7 @@ def session(url: str | None = None) -> Iterator[Session]:
         yield s
 
 
-def _alembic_config(url: str) -> Any:
+def alembic_config(url: str) -> Any:
     from alembic.config import Config
 
     cfg = Config()
@@ -147,7 +146,7 @@ def current_revision(url: str | None = None) -> tuple[str | None, str | None]:
     from alembic.script import ScriptDirectory
 
     url = url or settings.db_url()
-    head = ScriptDirectory.from_config(_alembic_config(url)).get_current_head()
+    head = ScriptDirectory.from_config(alembic_config(url)).get_current_head()
     with get_engine(url).connect() as conn:
         return MigrationContext.configure(conn).get_current_revision(), head
 
@@ -163,7 +162,7 @@ def upgrade(url: str | None = None) -> None:
             conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": _PG_LOCK_KEY})
             try:
                 if current_revision(url)[0] != current_revision(url)[1]:
-                    command.upgrade(_alembic_config(url), "head")
+                    command.upgrade(alembic_config(url), "head")
             finally:
                 conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": _PG_LOCK_KEY})
                 conn.commit()
@@ -172,24 +171,31 @@ def upgrade(url: str | None = None) -> None:
         with open(lock, "w") as fh:
             fcntl.flock(fh, fcntl.LOCK_EX)
             if current_revision(url)[0] != current_revision(url)[1]:
-                command.upgrade(_alembic_config(url), "head")
+                command.upgrade(alembic_config(url), "head")
     _upgraded.add(url)
+
+
+def known_revision(revision: str | None) -> bool:
+    """Whether this vlmjobs ships ``revision`` (None: an empty database, also known)."""
+    from alembic.script import ScriptDirectory
+    from alembic.util import CommandError
+
+    if revision is None:
+        return True
+    try:
+        ScriptDirectory.from_config(alembic_config(settings.db_url())).get_revision(revision)
+    except CommandError:
+        return False
+    return True
 
 
 def _refuse_newer_schema(url: str, have: str | None, head: str | None) -> None:
     """A host still on an older release must not try to "upgrade" a newer schema down."""
-    from alembic.script import ScriptDirectory
-    from alembic.util import CommandError
-
-    if have is None:
-        return
-    try:
-        ScriptDirectory.from_config(_alembic_config(url)).get_revision(have)
-    except CommandError:
+    if not known_revision(have):
         raise VlmjobsError(
             f"database {mask_url(url)} is at schema revision {have!r}, newer than this "
             f"vlmjobs knows (head {head!r}): upgrade vlmjobs on this host"
-        ) from None
+        )
 
 
 def ensure_schema(url: str | None = None) -> Engine:

@@ -158,7 +158,9 @@ def list_file_paths(list_file: Path) -> list[Path]:
     return out
 
 
-def _tar_items(tar: tarfile.TarFile, include: list[str], exclude: list[str]) -> Iterator[tarfile.TarInfo]:
+def _tar_items(
+    tar: tarfile.TarFile, include: list[str], exclude: list[str]
+) -> Iterator[tarfile.TarInfo]:
     """The members of an open tar that become items: one rule for counting and reading."""
     for member in tar:
         if member.isfile() and matches(member.name, include, exclude):
@@ -169,8 +171,8 @@ def count_tar(path: Path, include: list[str], exclude: list[str]) -> int:
     """How many items ``iter_tar`` yields. A plain tar's headers are read by seeking past
     the data; a compressed one is decompressed once more (gzip runs at hundreds of MB/s,
     small beside labelling what it holds), so the job knows its total and ETA up front."""
-    mode = "r:" if _plain_tar(path) else "r|*"
-    with tarfile.open(path, mode=mode) as tar:
+    tar = tarfile.open(path, mode="r:") if _plain_tar(path) else tarfile.open(path, mode="r|*")
+    with tar:
         return sum(1 for _ in _tar_items(tar, include, exclude))
 
 

@@ -276,7 +276,7 @@ def db_check() -> None:
 @click.option("--yes", is_flag=True, help="do it: a downgrade drops the newer tables' data")
 @friendly_errors
 def db_downgrade(revision: str, yes: bool) -> None:
-    """Take the schema back to REVISION (e.g. 0002, or -1), to run an older vlmjobs release."""
+    """Take the schema back to REVISION (e.g. 0002; `-- -1` for one step), for an older release."""
     from alembic import command
 
     from vlmjobs.db.session import alembic_config, current_revision, mask_url

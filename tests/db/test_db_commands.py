@@ -4,6 +4,7 @@ it, on both backends; and the built wheel carries what Alembic needs."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -50,9 +51,14 @@ def test_db_commands_walk_the_schema(vlmjobs_env: dict[str, str]) -> None:
 
 @pytest.mark.slow
 def test_the_wheel_ships_the_migrations(tmp_path: Path) -> None:
+    src = tmp_path / "src"  # a copy: setuptools builds in the source tree
+    src.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(REPO / name, src / name)
+    shutil.copytree(REPO / "vlmjobs", src / "vlmjobs", ignore=shutil.ignore_patterns("__pycache__"))
     subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
-         "-w", str(tmp_path), str(REPO)],
+         "-w", str(tmp_path), str(src)],
         check=True, capture_output=True, timeout=300,
     )  # fmt: skip
     (wheel,) = tmp_path.glob("vlmjobs-*.whl")

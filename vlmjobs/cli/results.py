@@ -18,6 +18,7 @@ import click
 
 from vlmjobs.cli.jobs import friendly_errors
 from vlmjobs.cli.main import cli
+from vlmjobs.cli.params import JOB_ID
 from vlmjobs.db.outputs import iter_outputs
 from vlmjobs.errors import JobNotFound
 from vlmjobs.exports import FORMATS, LS_MODES, export, image_url, labelstudio_config
@@ -147,7 +148,7 @@ def _infer_job(job_id: int) -> dict[str, Any]:
 
 
 @cli.command()
-@click.argument("job_id", type=int)
+@click.argument("job_id", type=JOB_ID)
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default="jsonl", show_default=True)
 @click.option(
     "--out", type=click.Path(dir_okay=False, path_type=Path), help="file (default: stdout)"
@@ -223,7 +224,7 @@ def _common_parent(sources: Iterable[str]) -> str:
 
 
 @cli.command("render")
-@click.argument("job_id", type=int)
+@click.argument("job_id", type=JOB_ID)
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path))
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="at most N images")
 @friendly_errors

@@ -28,7 +28,7 @@ def _test_kinds(monkeypatch: pytest.MonkeyPatch) -> None:
         pytest.param(["logs", "2147483648"], "not in the range", id="logs-id-over-int32"),
         pytest.param(["cancel", "1", "-5"], "No such option", id="cancel-negative"),
         pytest.param(["submit", "trian", "x.yaml"], "'trian' is not a job kind", id="submit-kind"),
-        pytest.param(["submit", "sleepy", "--priority", "12"], "not in the range", id="priority"),
+        pytest.param(["submit", "sleepy", "--priority", "12"], "priority:", id="priority"),
         pytest.param(["results", "4294967296"], "not in the range", id="results-id"),
     ],
 )

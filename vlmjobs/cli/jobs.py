@@ -83,7 +83,7 @@ class _SubmitCommand(click.Command):
 @click.argument("config", required=False, type=click.Path(path_type=Path))
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="override a field")
 @click.option("--name", help="a label for status tables")
-@click.option("--priority", type=click.IntRange(0, 9), help="0 lowest .. 9 highest")
+@click.option("--priority", type=int, help="0 lowest .. 9 highest")
 @click.option("--wait", is_flag=True, help="follow the job; exit 1 unless it succeeds")
 @friendly_errors
 def submit(
@@ -338,7 +338,7 @@ def cancel(job_ids: tuple[int, ...]) -> None:
         if before in TERMINAL:
             click.echo(f"job {job_id}: already {before}, nothing to do")
         elif state == "running":
-            click.echo(f"job {job_id}: cancel requested, it stops at its next step")
+            click.echo(f"job {job_id}: cancel requested, stopping at its next step")
         else:
             click.echo(f"job {job_id}: {state}")
     if missing:

@@ -7,7 +7,7 @@ import io
 
 import pytest
 
-from vlmjobs.cli.results import csv_safe, write_csv
+from vlmjobs.exports import csv_safe, write_csv
 
 
 @pytest.mark.parametrize(

@@ -128,18 +128,15 @@ def part_make(args: argparse.Namespace) -> dict:
     return result
 
 
-def new_job(kind: str, spec: Any) -> int:
-    """The job row as the worker's wrapper leaves it before ``run``: running, attempt 1."""
-    from vlmjobs.db.models import Job, State, utcnow
+def new_job(kind: str, spec: Any) -> Any:
+    """The job as the worker's wrapper holds it before ``run``: claimed, attempt 1 (a lease)."""
+    from vlmjobs.db import lifecycle
     from vlmjobs.db.session import session
 
     with session() as s:
-        job = Job(kind=kind, name=f"bench-{kind}", spec=spec.model_dump(mode="json"),
-                  state=State.running, attempts=1, max_attempts=1, priority=5, queue="gpu",
-                  progress_done=0, cancel_requested=False, started_at=utcnow())  # fmt: skip
-        s.add(job)
-        s.flush()
-        return job.id
+        msg = lifecycle.insert(s, kind=kind, name=f"bench-{kind}", queue="gpu", priority=5,
+                               spec=spec.model_dump(mode="json"), max_attempts=1)  # fmt: skip
+    return lifecycle.claim(msg.job_id, worker="bench", gpu=None, stale_after_s=3600)
 
 
 def time_loads(module: Any, device: str) -> dict:
@@ -174,8 +171,9 @@ def run_job(kind: str, spec: Any, device: str, loads: dict) -> tuple[int, dict, 
     from vlmjobs.jobs import KINDS, resolve
     from vlmjobs.worker.context import StopFlags, WorkerContext
 
-    job_id = new_job(kind, spec)
-    ctx = WorkerContext(job_id, 1, device, StopFlags())
+    lease = new_job(kind, spec)
+    job_id = lease.job_id
+    ctx = WorkerContext(lease, device, StopFlags())
     t = time.time()
     try:
         result = resolve(KINDS[kind].run)(spec, ctx)

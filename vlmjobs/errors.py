@@ -37,3 +37,7 @@ class PreflightError(VlmjobsError):
 
 class ScheduleNotFound(JobNotFound):
     """No schedule with that name (a JobNotFound, so the CLI exits 2 as for an unknown job)."""
+
+
+class LostOwnership(VlmjobsError):
+    """This attempt no longer owns its job (re-queued or ended elsewhere): stop, write nothing."""

@@ -210,6 +210,19 @@ def _ls_region(i: int, region: dict[str, Any], w: int, h: int, mode: str) -> lis
     return [rect, text]
 
 
+# Cell starts a spreadsheet runs as a formula (OWASP "CSV Injection").
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_safe(value: Any) -> Any:
+    """A text cell that cannot run as a formula: one starting with = + - @ tab or CR gets a
+    leading ' (OWASP's advice); numbers and other text pass unchanged. Model output and
+    file names reach these cells, so they are untrusted."""
+    if isinstance(value, str) and value.startswith(_FORMULA_START):
+        return "'" + value
+    return value
+
+
 def write_csv(outputs: Iterable[dict[str, Any]], stream: TextIO) -> int:
     """One row per region (images without regions have no row); returns the row count."""
     writer = csv.DictWriter(stream, fieldnames=CSV_FIELDS, lineterminator="\n")
@@ -220,12 +233,12 @@ def write_csv(outputs: Iterable[dict[str, Any]], stream: TextIO) -> int:
             x1, y1, x2, y2 = r["bbox"]
             writer.writerow(
                 {
-                    "key": out["key"],
-                    "source": out["source"],
+                    "key": csv_safe(out["key"]),
+                    "source": csv_safe(out["source"]),
                     "image_w": out["image_w"],
                     "image_h": out["image_h"],
                     **{"x1": x1, "y1": y1, "x2": x2, "y2": y2},
-                    "phrase": r["phrase"],
+                    "phrase": csv_safe(r["phrase"]),
                     "score": "" if r["score"] is None else r["score"],
                 }
             )

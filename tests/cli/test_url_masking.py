@@ -27,6 +27,10 @@ SECRET = "Pw-0f-7he-Db"
             "sentinel://:pw@h1:26379;sentinel://u:pw@h2:26379",
             "sentinel://:***@h1:26379;sentinel://u:***@h2:26379",
         ),  # case: a sentinel list SQLAlchemy cannot parse
+        ("redis://u:p@ss@h:6379/0", "redis://u:***@h:6379/0"),  # case: unencoded @ in it
+        ("postgresql://u:a@b@c@db/x?x=1", "postgresql://u:***@db/x?x=1"),  # case: several @
+        ("redis://:p%40ss@h:6379/0", "redis://:***@h:6379/0"),  # case: the encoded form
+        ("redis://user@h:6379/0", "redis://user@h:6379/0"),  # case: a user, no password
     ],
 )
 def test_mask_url(url: str, masked: str) -> None:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import io
+import stat
 import tarfile
+import tracemalloc
 import zipfile
 from pathlib import Path
 
@@ -12,6 +14,7 @@ import pytest
 from PIL import Image
 
 from vlmjobs.jobs.infer_inputs import (
+    byte_limit,
     count_items,
     decode_image,
     iter_items,
@@ -144,9 +147,11 @@ def test_folder_items_are_keyed_by_content(tree: dict) -> None:
 
 def test_tar_is_streamed_and_unsafe_members_fail(tree: dict) -> None:
     items = list(iter_items([tree["tgz"]], [], []))
-    assert [i.source.split("!")[1] for i in items] == [*tree["imgs"], "../evil.png"]  # no link
+    names = [i.source.split("!")[1] for i in items]
+    assert names == [*tree["imgs"], "../evil.png", "link.png"]
     assert [sha(tree["imgs"][n]) for n in tree["imgs"]] == [i.key for i in items[:3]]
     assert items[3].data is None and "unsafe archive member name" in items[3].error
+    assert items[4].data is None and "symbolic link to '/etc/passwd'" in items[4].error
     assert count_items([tree["tgz"]], [], []) == len(items)  # counted from the headers
 
 
@@ -156,7 +161,7 @@ def test_plain_tar_is_counted_by_seeking(tree: dict) -> None:
         for member in src:
             dst.addfile(member, src.extractfile(member) if member.isfile() else None)
     items = list(iter_items([plain], [], []))
-    assert count_items([plain], [], []) == len(items) == 4
+    assert count_items([plain], [], []) == len(items) == 5  # the link is a failed item
 
 
 def test_zip_members_and_absolute_names(tree: dict) -> None:
@@ -208,3 +213,92 @@ def test_split_source(tmp_path: Path, make_archive: bool, source: str, expected:
         zipfile.ZipFile(archive, "w").close()
     path, member = split_source(source.format(a=archive))
     assert (str(path), member) == (expected[0].format(a=archive), expected[1])
+
+
+def _member(name: str, kind: bytes, linkname: str = "") -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.type, info.linkname = kind, linkname
+    return info
+
+
+@pytest.mark.parametrize(
+    ("member", "reason"),
+    [
+        (_member("s.png", tarfile.SYMTYPE, "/etc/shadow"), "a symbolic link to '/etc/shadow'"),
+        (_member("h.png", tarfile.LNKTYPE, "ok.png"), "a hard link to 'ok.png'"),  # case: hard
+        (_member("d.png", tarfile.DIRTYPE), "a directory"),  # case: a directory the globs select
+        (_member("c.png", tarfile.CHRTYPE), "a character device"),  # case: /dev/zero-like
+        (_member("b.png", tarfile.BLKTYPE), "a block device"),  # case: block device
+        (_member("f.png", tarfile.FIFOTYPE), "a FIFO"),  # case: named pipe
+    ],
+)
+def test_tar_members_that_are_not_files_fail_with_a_reason(
+    tmp_path: Path, member: tarfile.TarInfo, reason: str
+) -> None:
+    path = tmp_path / "a.tar"
+    with tarfile.open(path, "w") as tar:
+        good = png()
+        info = tarfile.TarInfo("ok.png")
+        info.size = len(good)
+        tar.addfile(info, io.BytesIO(good))
+        tar.addfile(member)
+        tar.addfile(_member("other-dir", tarfile.DIRTYPE))  # not selected by the globs: no row
+    items = list(iter_items([path], [], []))
+    assert [i.source.split("!")[1] for i in items] == ["ok.png", member.name]
+    assert items[0].error is None and items[1].data is None
+    assert reason in items[1].error
+
+
+def test_zip_symlink_member_fails(tmp_path: Path) -> None:
+    path = tmp_path / "a.zip"
+    with zipfile.ZipFile(path, "w") as zf:
+        link = zipfile.ZipInfo("l.png")
+        link.external_attr = (stat.S_IFLNK | 0o777) << 16
+        zf.writestr(link, "/etc/passwd")
+    (item,) = iter_items([path], [], [])
+    assert item.data is None and "symbolic link" in item.error
+
+
+class Zeros(io.RawIOBase):
+    """``size`` zero bytes as a stream, so a test builds a bomb without holding it."""
+
+    def __init__(self, size: int) -> None:
+        self.left = size
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, n: int = -1) -> bytes:
+        n = self.left if n < 0 else min(n, self.left)
+        self.left -= n
+        return b"\0" * n
+
+
+@pytest.mark.parametrize("kind", ["tar.gz", "zip"])
+def test_inflation_stops_at_what_max_image_pixels_allows(tmp_path: Path, kind: str) -> None:
+    size = 256 << 20  # 256 MiB of zeros: ~250 KiB compressed
+    limit = byte_limit(100_000)  # 100 kpx: 1.8 MiB at most
+    path = tmp_path / f"a.{kind}"
+    if kind == "zip":
+        with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
+            with zf.open("bomb.png", "w") as member:
+                src = Zeros(size)
+                while block := src.read(1 << 20):
+                    member.write(block)
+            zf.writestr("ok.png", png())
+    else:
+        with tarfile.open(path, "w:gz", compresslevel=1) as tar:
+            for name, size_, src in [("bomb.png", size, Zeros(size)), ("ok.png", 0, None)]:
+                info = tarfile.TarInfo(name)
+                data = png() if src is None else None
+                info.size = len(data) if data is not None else size_
+                tar.addfile(info, io.BytesIO(data) if data is not None else src)
+    tracemalloc.start()
+    items = list(iter_items([path], [], [], limit))
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert items[0].data is None and "file too large" in items[0].error
+    assert items[1].error is None  # the archive goes on after the refused member
+    # Never the member whole (the former reader held up to 512 MiB, twice while joining);
+    # tarfile's gzip stream inflates one compressed block at a time, ~10 MiB of zeros.
+    assert limit < 2 << 20 and peak < 48 << 20

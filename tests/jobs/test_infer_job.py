@@ -265,6 +265,7 @@ def test_killed_worker_resumes_with_one_output_per_image(
     n = 16
     for i in range(n):
         (folder / f"{i:02d}.png").write_bytes(shape_png(i))
+    (folder / "zz-copy.png").write_bytes(shape_png(0))  # the same image from another file
     cfg = write_spec(
         tmp_path / "infer.yaml", tiny["base"], [folder], batch_size=2, read_ahead=1,
         max_new_tokens=32, min_new_tokens=32,
@@ -286,6 +287,9 @@ def test_killed_worker_resumes_with_one_output_per_image(
     assert len(outs) == n and len({o.item_key for o in outs}) == n
     assert all(o.status == "ok" for o in outs)
     assert job.attempts == 2 and job.result["skipped"] >= done_before
+    assert (job.result["ok"], job.result["failed"]) == (n, 0)  # both attempts' rows, not the last's
+    (first,) = [o for o in outs if o.source.endswith("00.png")]
+    assert first.extra["sources"] == [str(folder / "00.png"), str(folder / "zz-copy.png")]
 
 
 def _count(job_id: int) -> int:

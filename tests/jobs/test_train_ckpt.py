@@ -133,3 +133,31 @@ def test_resume_refuses_another_config(tiny_dir, tmp_path) -> None:
 def test_config_hash(change: dict, same: bool) -> None:
     base = {"name": "a", "priority": 5, "max_attempts": 3, "lora": {"r": 4}, "seed": 0}
     assert (ckpt.config_hash(base) == ckpt.config_hash({**base, **change})) is same
+
+
+class _Planted:
+    """What an attacker with write access to the artifact mount would pickle."""
+
+    def __reduce__(self) -> tuple:
+        return (Path.touch, (Path(_Planted.marker),))
+
+    marker = ""
+
+
+@pytest.mark.parametrize(
+    "payload, needle",
+    [
+        ("planted", "not loaded"),  # case: a pickle that runs code on load
+        ("old-numpy", "older vlmjobs"),  # case: the former format (a numpy array inside)
+    ],
+)
+def test_resume_loads_tensors_only(tiny_dir, tmp_path, payload: str, needle: str) -> None:
+    model, optimizer, scheduler, _ = trainable(tiny_dir, tmp_path)
+    path = ckpt.save_checkpoint(tmp_path / "ck", model, optimizer, scheduler, ckpt.TrainState())
+    saved = torch.load(path / ckpt.STATE_FILE, weights_only=True)
+    _Planted.marker = str(tmp_path / "pwned")
+    saved["rng"]["numpy"] = _Planted() if payload == "planted" else np.random.get_state()
+    torch.save(saved, path / ckpt.STATE_FILE)
+    with pytest.raises(VlmjobsError, match=needle):
+        ckpt.load_checkpoint(path, model, optimizer, scheduler, "")
+    assert not (tmp_path / "pwned").exists()  # the planted code never ran

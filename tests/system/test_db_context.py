@@ -9,18 +9,26 @@ import pytest
 from sqlalchemy import delete, func, select, text
 
 from vlmjobs import settings
+from vlmjobs.db import lifecycle
 from vlmjobs.db.models import Checkpoint, Job, Output, Region
 from vlmjobs.db.session import current_revision, ensure_schema, get_engine, session
+from vlmjobs.errors import LostOwnership
 from vlmjobs.jobs.context import OutputRecord, RegionRecord
 from vlmjobs.scheduler.submit import submit
 from vlmjobs.specs import load_spec
 from vlmjobs.worker.context import StopFlags, WorkerContext
 
 
+def _claimed(job_id: int) -> WorkerContext:
+    """A context for job ``job_id`` claimed in-process, as the run wrapper claims it."""
+    lease = lifecycle.claim(job_id, worker="test", gpu=None, stale_after_s=60)
+    assert lease is not None
+    return WorkerContext(lease, "cpu", StopFlags())
+
+
 @pytest.fixture
 def ctx(vlmjobs_env: dict[str, str]) -> WorkerContext:
-    job_id = submit(load_spec("sleepy", None, []))  # nobody consumes it: no worker
-    return WorkerContext(job_id, 1, "cpu", StopFlags())
+    return _claimed(submit(load_spec("sleepy", None, [])))  # nobody consumes it: no worker
 
 
 def _rec(key: str, n_regions: int) -> OutputRecord:
@@ -75,8 +83,7 @@ def test_progress_throttle_metrics_and_cancel_poll(ctx: WorkerContext) -> None:
     assert not ctx.should_stop()
     with session() as s:
         s.get_one(Job, ctx.job_id).cancel_requested = True
-    ctx._last_cancel_poll = 0.0  # skip the one-second poll interval
-    assert ctx.should_stop() and ctx.stop_seen
+    assert ctx.should_stop() and ctx.stop_seen  # the very next check sees it
 
 
 def test_deleting_a_job_cascades(ctx: WorkerContext) -> None:
@@ -110,10 +117,31 @@ def test_resident_objects_outlive_a_job_until_another_key_evicts_them(
     def load(name: str) -> Callable[[], object]:
         return lambda: loads.append(name) or object()
 
-    first = WorkerContext(submit(load_spec("sleepy", None, [])), 1, "cpu", StopFlags())
-    second = WorkerContext(submit(load_spec("sleepy", None, [])), 1, "cpu", StopFlags())
+    first = _claimed(submit(load_spec("sleepy", None, [])))
+    second = _claimed(submit(load_spec("sleepy", None, [])))
     model = first.resident(a, load("a"))
     assert second.resident(a, load("a")) is model  # next job, same base: no reload
     other = second.resident(b, load("b"))  # another base evicts the first
     assert first.resident(a, load("a")) is not model
     assert other is not model and loads == ["a", "b", "a"]
+
+
+def test_output_counts_cover_every_attempt(ctx: WorkerContext) -> None:
+    failed = OutputRecord("bad", "src/bad", "failed", error="not an image")
+    ctx.save_outputs([_rec("a", 1), _rec("b", 0), failed])
+    msg = lifecycle.requeue_own(ctx.lease, "test: worker shutting down", count_attempt=False)
+    assert msg is not None
+    second = _claimed(ctx.job_id)  # the resumed attempt labels one more
+    second.save_outputs([_rec("c", 2)])
+    assert second.output_counts() == {"ok": 3, "failed": 1}
+    with pytest.raises(LostOwnership):  # and the first attempt can write no more
+        ctx.save_outputs([_rec("d", 0)])
+
+
+def test_add_sources_records_every_source_once(ctx: WorkerContext) -> None:
+    ctx.save_outputs([_rec("a", 1)])
+    ctx.add_sources([("a", "copy/a.png"), ("a", "src/a"), ("a", "copy/a.png"), ("zz", "x")])
+    ctx.add_sources([("a", "tar!a.png")])  # a later batch, or a resumed attempt
+    with session() as s:
+        row = s.scalars(select(Output).where(Output.job_id == ctx.job_id)).one()
+    assert row.extra["sources"] == ["src/a", "copy/a.png", "tar!a.png"]

@@ -136,3 +136,13 @@ def test_duplicate_delivery_runs_once(start_worker, wait_for_state):
     assert _rows(job_id) == (6, 6, 6)
     logs = "".join(w.output() for w in workers)
     assert logs.count(f"job {job_id}: message skipped") == 2  # both copies arrived, both skipped
+
+
+def test_disk_full_fails_once_naming_free_space(start_worker, wait_for_state):
+    start_worker()
+    job_id = _submit(items=2, fail="disk-full")
+    job = wait_for_state(job_id, {"failed"}, timeout=30)
+    assert job.attempts == 1 and len(_runs(job_id)) == 1  # no retry into the same full disk
+    assert job.error.startswith("disk full under ")
+    assert str(workdir_for(job_id)) in job.error
+    assert "GiB free" in job.error and "vlmjobs retry" in job.error

@@ -51,8 +51,8 @@ def test_up_submit_down(tmp_path: Path) -> None:
         assert done.returncode == 0, done.stdout + done.stderr
         status = _vlmjobs(env, "status", done.stdout.strip(), "--json")
         assert '"state": "succeeded"' in status.stdout
-        worker_log = (home / "run" / "worker.log").read_text()
-        assert "Task vlmjobs.reconcile[" in worker_log  # beat is up and its schedule fires
+        beat_log = (home / "run" / "beat.log").read_text()
+        assert "beat: Starting" in beat_log  # beat is up (it fires the database schedules)
     finally:
         down = _vlmjobs(env, "down")
     assert down.returncode == 0

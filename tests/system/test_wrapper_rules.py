@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import errno
+import logging
+
 import pytest
 import sqlalchemy.exc
 
 from vlmjobs.errors import DataError, ModelLoadError, SpecError
 from vlmjobs.scheduler.app import broker_priority
+from vlmjobs.worker.context import _JobLogHandler
 from vlmjobs.worker.wrapper import retryable
 
 
@@ -19,7 +23,9 @@ class OutOfMemoryError(RuntimeError):
     [
         (ConnectionError("reset"), True),  # case: lost connection
         (TimeoutError("slow"), True),  # case: timeout
-        (OSError(28, "No space left on device"), True),  # case: full disk may be freed
+        (OSError(errno.ENOSPC, "No space left"), False),  # case: a full disk stays full
+        (OSError(errno.EDQUOT, "Disk quota exceeded"), False),  # case: so does a quota
+        (OSError(errno.EIO, "I/O error"), True),  # case: another OS error may pass
         (OutOfMemoryError("CUDA out of memory"), True),  # case: GPU busy with another process
         (sqlalchemy.exc.OperationalError("x", {}, Exception("db gone")), True),  # case: db blip
         (FileNotFoundError("no such file"), False),  # case: a missing file stays missing
@@ -47,3 +53,19 @@ def test_retryable(exc: BaseException, expected: bool) -> None:
 )
 def test_broker_priority(ours: int, redis: int) -> None:
     assert broker_priority(ours) == redis
+
+
+def test_unwritable_job_log_warns_once(caplog: pytest.LogCaptureFixture, capsys) -> None:
+    log = logging.getLogger("test.joblog")
+    handler = _JobLogHandler("/dev/full")  # every write: ENOSPC, as on a full disk
+    log.addHandler(handler)
+    try:
+        with caplog.at_level(logging.WARNING, logger="vlmjobs.worker"):
+            for i in range(3):
+                log.warning("line %s", i)
+    finally:
+        log.removeHandler(handler)
+        handler.close()
+    warnings = [r.getMessage() for r in caplog.records if r.name == "vlmjobs.worker"]
+    assert len(warnings) == 1 and "cannot write /dev/full" in warnings[0]
+    assert "Logging error" not in capsys.readouterr().err

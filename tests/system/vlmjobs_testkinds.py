@@ -27,9 +27,13 @@ class SleepySpec(JobSpec):
     kind: Literal["sleepy"] = "sleepy"
     items: int = Field(3, ge=0)
     sleep_s: float = Field(0.0, ge=0)
-    # value: a ValueError (a bug: not retried); flaky: ConnectionError on attempt 1 only.
-    fail: Literal["value", "flaky"] | None = None
+    # value: a ValueError (a bug: not retried); flaky: ConnectionError on attempt 1 only;
+    # disk-full: a write that gets ENOSPC (to /dev/full).
+    fail: Literal["value", "flaky", "disk-full"] | None = None
     data_dir: str | None = None
+    # Write workdir/out/owner.txt through ctx.publish at the end (an artifact, as train's
+    # adapter): the soak checks that the succeeded attempt's copy is the one on disk.
+    publish: bool = False
     opts: SleepyOptions = SleepyOptions()
 
     @field_validator("data_dir")
@@ -46,6 +50,10 @@ def run_sleepy(spec: SleepySpec, ctx: JobContext) -> dict[str, Any]:
         raise ValueError("sleepy was told to fail")
     if spec.fail == "flaky" and ctx.attempt == 1:
         raise ConnectionError("sleepy's first attempt lost its connection")
+    if spec.fail == "disk-full":
+        with open("/dev/full", "w") as full:  # every write: ENOSPC, as on a full disk
+            full.write("a checkpoint")
+            full.flush()
     done = ctx.done_keys()
     ctx.event(f"resuming with {len(done)} of {spec.items} items done")
     for i in range(spec.items):
@@ -69,6 +77,11 @@ def run_sleepy(spec: SleepySpec, ctx: JobContext) -> dict[str, Any]:
         )
         ctx.progress(i + 1, spec.items)
         ctx.metrics({"loss": 1.0 / (i + 1)}, step=i)
+    if spec.publish and not ctx.should_stop():
+        tmp = ctx.workdir / f".tmp-out-{os.getpid()}"
+        tmp.mkdir(exist_ok=True)
+        (tmp / "owner.txt").write_text(f"attempt={ctx.attempt}\n")
+        ctx.publish(tmp, ctx.workdir / "out")
     return {"items": len(ctx.done_keys())}
 
 

@@ -20,6 +20,7 @@ import click
 from sqlalchemy import desc, select
 
 from vlmjobs import settings
+from vlmjobs.db import lifecycle
 from vlmjobs.db.models import TERMINAL, Job, JobEvent, Metric, utcnow
 from vlmjobs.db.session import mask_url, session
 from vlmjobs.errors import ConfigError, JobNotFound, SpecError, VlmjobsError
@@ -116,9 +117,7 @@ def follow(job_id: int, interval: float = 0.5) -> str:
     shown = -1
     while True:
         with session() as s:
-            job = s.get(Job, job_id)
-            if job is None:
-                raise JobNotFound(f"no job {job_id}")
+            job = lifecycle.get(s, job_id)
         line = f"job {job_id} {job.state:<9} {_bar(job.progress_done, job.progress_total)}"
         if job.progress_done != shown or job.state in TERMINAL:
             click.echo("\r" + line, nl=False, err=True)
@@ -228,9 +227,7 @@ def _render(
     """The text to show and whether everything shown has ended."""
     with session() as s:
         if job_id is not None:
-            job = s.get(Job, job_id)
-            if job is None:
-                raise JobNotFound(f"no job {job_id}: see `vlmjobs status` for the ids")
+            job = lifecycle.get(s, job_id)
             events = list(
                 s.scalars(select(JobEvent).where(JobEvent.job_id == job_id).order_by(JobEvent.id))
             )

@@ -89,13 +89,11 @@ def render(outputs: Iterable[dict[str, Any]], out_dir: Path, limit: int | None) 
 
 def load_job(job_id: int) -> dict[str, Any]:
     """The job's id, kind, state and spec; JobNotFound when there is none."""
-    from vlmjobs.db.models import Job
+    from vlmjobs.db import lifecycle
     from vlmjobs.db.session import session
 
     with session() as s:
-        job = s.get(Job, job_id)
-        if job is None:
-            raise JobNotFound(f"no job {job_id}: see `vlmjobs status` for the ids")
+        job = lifecycle.get(s, job_id)
         return {"id": job.id, "kind": job.kind, "state": job.state, "spec": job.spec}
 
 

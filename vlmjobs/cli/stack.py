@@ -15,7 +15,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from urllib.parse import urlparse
+from urllib.parse import unquote, urlparse
 
 import click
 
@@ -91,6 +91,22 @@ def _self(*args: str) -> list[str]:
     return [sys.executable, "-c", "from vlmjobs.cli.main import cli; cli()", *args]
 
 
+def redis_config(password: str | None) -> Path:
+    """``run_dir()/redis.conf``, mode 0600, holding the password (``requirepass``).
+
+    Not on the command line: any local user can read a process's argv (``ps``).
+    """
+    path = run_dir() / "redis.conf"
+    path.unlink(missing_ok=True)  # a new file gets the mode below, an old one would keep its own
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        fh.write("# written by `vlmjobs up`; holds the broker password: keep it 0600\n")
+        if password:
+            escaped = password.replace("\\", "\\\\").replace('"', '\\"')
+            fh.write(f'requirepass "{escaped}"\n')
+    return path
+
+
 def _start_redis() -> None:
     url = urlparse(settings.broker_url())
     if url.hostname not in LOOPBACK:
@@ -99,17 +115,18 @@ def _start_redis() -> None:
     import redis
 
     port = url.port or 6379
-    client = redis.Redis(host="127.0.0.1", port=port, password=url.password)
+    # Decoded as redis-py's from_url does: a %40 in the URL is an @ in the password.
+    password = unquote(url.password) if url.password else None
+    client = redis.Redis(host="127.0.0.1", port=port, password=password)
     try:
         client.ping()
         click.echo(f"redis: already answering on 127.0.0.1:{port}")
         return
     except redis.exceptions.ConnectionError:
         pass
-    argv = [redis_binary(), "--bind", "127.0.0.1", "--port", str(port), "--dir", str(run_dir())]
-    if url.password:
-        argv += ["--requirepass", url.password]
-    _spawn("redis", argv)
+    conf = redis_config(password)
+    argv = [redis_binary(), str(conf), "--bind", "127.0.0.1", "--port", str(port)]
+    _spawn("redis", [*argv, "--dir", str(run_dir())])
     for _ in range(100):
         try:
             client.ping()

@@ -33,8 +33,7 @@ def utcnow() -> datetime:
 
 
 class State(enum.StrEnum):
-    """A job's state, stored as its string. Only the worker's run wrapper moves a job
-    out of ``running``; the scheduler creates jobs (``queued``) and cancels queued ones."""
+    """A job's state, stored as its string. Only ``db/lifecycle.py`` writes it."""
 
     queued = "queued"
     running = "running"
@@ -59,6 +58,9 @@ class Job(Base):
     spec: Mapped[dict[str, Any]] = mapped_column(JSON)
     state: Mapped[str] = mapped_column(String(16), default=State.queued, index=True)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
+    # Bumped by every claim and never reset (retry resets attempts): the token that
+    # every write of the running attempt is conditional on (db/lifecycle.py).
+    fence: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     max_attempts: Mapped[int] = mapped_column(Integer, default=3)
     priority: Mapped[int] = mapped_column(Integer, default=5)
     queue: Mapped[str] = mapped_column(String(32))

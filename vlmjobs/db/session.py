@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import fcntl
 import importlib.util
-import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -27,28 +26,41 @@ from vlmjobs.errors import ConfigError, VlmjobsError
 MIGRATIONS = Path(__file__).parent / "migrations"
 # An arbitrary constant: the key of the PostgreSQL advisory lock held while upgrading.
 _PG_LOCK_KEY = 7_346_211
+SQLITE_BUSY_MS = 30_000  # how long a SQLite write waits for another writer
 _engines: dict[str, Engine] = {}
-_USERINFO_PASSWORD = re.compile(r"(://[^:/@;]*:)[^@;/]*@")
 _upgraded: set[str] = set()
 
 
 def mask_url(url: str) -> str:
     """The URL with its password replaced by ***, safe to print or log.
 
-    Also for broker URLs SQLAlchemy cannot parse (Redis sentinel lists
-    ``sentinel://:pw@h1;sentinel://:pw@h2``): every ``user:password@`` is masked.
+    The password ends at the LAST ``@`` before the query (a password with an unencoded
+    ``@`` is how redis-py and kombu read it; SQLAlchemy's own masking splits at the first
+    and would print the tail). Lists such as Redis sentinels
+    (``sentinel://:pw@h1;sentinel://:pw@h2``) are masked part by part.
     """
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except (ValueError, ArgumentError):
-        return _USERINFO_PASSWORD.sub(r"\1***@", url)
+    return ";".join(_mask_one(part) for part in url.split(";"))
+
+
+def _mask_one(url: str) -> str:
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return url
+    query = rest.find("?")
+    at = rest.rfind("@", 0, query if query >= 0 else len(rest))
+    if at < 0:
+        return url
+    user, colon, _password = rest[:at].partition(":")
+    if not colon:
+        return url  # a user name alone is no secret
+    return f"{scheme}://{user}:***@{rest[at + 1 :]}"
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur = dbapi_conn.cursor()
     cur.execute("PRAGMA journal_mode=WAL")
     cur.execute("PRAGMA foreign_keys=ON")
-    cur.execute("PRAGMA busy_timeout=30000")  # ms; workers and the CLI write concurrently
+    cur.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_MS}")  # workers and the CLI write concurrently
     cur.execute("PRAGMA synchronous=NORMAL")  # safe with WAL; fsync per checkpoint, not commit
     cur.close()
 

@@ -83,6 +83,8 @@ class Hooks:
     progress: Callable[[int, int | None], None] = lambda done, total: None
     should_stop: Callable[[], bool] = lambda: False
     log: logging.Logger = log
+    # Moves the finished temp dir into place; the job's is fenced (ctx.publish).
+    publish: Callable[[Path, Path], object] = lambda tmp, out: _publish(tmp, out)
 
 
 def run(spec: CleanSpec, ctx: JobContext) -> dict[str, Any]:
@@ -97,7 +99,7 @@ def run(spec: CleanSpec, ctx: JobContext) -> dict[str, Any]:
             "phrase embeddings with %s on %s", spec.embed_model or "all-MiniLM-L6-v2", device
         )
     out = ctx.workdir / "data"
-    hooks = Hooks(ctx.progress, ctx.should_stop, ctx.log)
+    hooks = Hooks(ctx.progress, ctx.should_stop, ctx.log, ctx.publish)
     summary = clean(spec, out, vectors=vectors, hooks=hooks)
     if summary is None:
         ctx.event("stopped before the end: nothing written", level="warning")
@@ -150,7 +152,7 @@ def clean(
         return None
     seconds = time.perf_counter() - started
     summary = _finish(spec, plan, tally, tmp, seconds, vectors)
-    _publish(tmp, out)
+    hooks.publish(tmp, out)
     hooks.progress(plan.source.total, plan.source.total)
     return summary
 

@@ -1,8 +1,9 @@
 """What a recipe (``jobs/<kind>.py``) may ask of the worker while it runs.
 
-The worker's run wrapper (``worker/``) implements this; recipes only see the
-protocol, so they never touch job state themselves: only the wrapper moves a
-job between queued / running / succeeded / failed / cancelled.
+The worker (``worker/context.py``) implements this; recipes only see the
+protocol, so they never touch job state themselves: ``db/lifecycle.py`` moves a
+job between queued / running / succeeded / failed / cancelled. Every write
+below is fenced: once another attempt owns the job it raises ``LostOwnership``.
 """
 
 from __future__ import annotations
@@ -78,12 +79,26 @@ class JobContext(Protocol):
     ) -> None:
         """One row per checkpoint written (atomically) under ``workdir``."""
 
+    def publish(self, tmp: Path, final: Path) -> Path:
+        """Rename the finished directory ``tmp`` (named private to this attempt, under
+        ``workdir``) to ``final``, replacing it, only while this attempt owns the job;
+        otherwise delete ``tmp`` and raise LostOwnership. Returns ``final``."""
+
     def forget_checkpoint(self, path: Path) -> None:
         """Drop the row of a checkpoint the recipe deleted (keep-last-k)."""
 
     def done_keys(self) -> set[str]:
         """Item keys this job already committed (resume skips them); for a scheduled run,
         also the keys other runs of its schedule labeled ok (so each run labels only new items)."""
+
+    def add_sources(self, aliases: Iterable[tuple[str, str]]) -> None:
+        """Record more sources of already saved items: ``(item_key, source)`` pairs of
+        identical images read from elsewhere, kept in the row's ``extra["sources"]``
+        (the first source included) so every file shows up in exports."""
+
+    def output_counts(self) -> dict[str, int]:
+        """This job's committed outputs by status (``{"ok": 130, "failed": 2}``), over
+        every attempt: what a result reports, not just the last attempt's share."""
 
     def save_outputs(self, outputs: Iterable[OutputRecord]) -> int:
         """Commit outputs and their regions in one transaction; keys already saved are skipped.

@@ -34,7 +34,7 @@ import torch
 from PIL import Image
 
 from vlmjobs.jobs.context import JobContext, OutputRecord, RegionRecord
-from vlmjobs.jobs.infer_inputs import RawItem, count_items, decode_image, iter_items
+from vlmjobs.jobs.infer_inputs import RawItem, byte_limit, count_items, decode_image, iter_items
 from vlmjobs.jobs.infer_plan import Plan, make_plan
 from vlmjobs.jobs.infer_score import region_scores
 from vlmjobs.specs.infer import InferSpec
@@ -74,13 +74,13 @@ class Unit:
     batch: Any = None
     failed: list[OutputRecord] = field(default_factory=list)
     skipped: int = 0
+    # (item key, source) of skipped duplicates: recorded on the key's row once it is saved
+    aliases: list[tuple[str, str]] = field(default_factory=list)
 
 
 @dataclass
 class Tally:
     done: int = 0
-    ok: int = 0
-    failed: int = 0
     skipped: int = 0
     parsed_ok: int = 0
     generated: int = 0
@@ -117,7 +117,7 @@ def run(spec: InferSpec, ctx: JobContext) -> dict[str, Any]:
     # Run to the end, every item was seen: the count is the truth (an archive cut short
     # yields fewer items than its headers promised).
     ctx.progress(tally.done, total if stopped else tally.done)
-    return _summary(tally, stopped)
+    return _summary(tally, stopped, ctx.output_counts())
 
 
 def _engine(spec: InferSpec, plan: Plan, ctx: JobContext) -> tuple[Any, Generator]:
@@ -169,6 +169,8 @@ def _consume(
                 generator, processor, unit.ready, spec, plan, batch=unit.batch, event=ctx.event
             )
         ctx.save_outputs(outputs)
+        if unit.aliases:
+            ctx.add_sources(unit.aliases)
         _count(tally, unit, outputs)
         ctx.progress(tally.done, total)
         step += 1
@@ -180,8 +182,6 @@ def _count(tally: Tally, unit: Unit, outputs: list[OutputRecord]) -> None:
     tally.done += unit.skipped + len(outputs)
     tally.skipped += unit.skipped
     for out in outputs:
-        tally.ok += out.status == "ok"
-        tally.failed += out.status == "failed"
         if out.status == "ok":
             tally.generated += 1
             tally.parsed_ok += out.parse_status in ("ok", "repaired")
@@ -196,11 +196,13 @@ def _rates(tally: Tally) -> dict[str, float]:
     }
 
 
-def _summary(tally: Tally, stopped: bool) -> dict[str, Any]:
+def _summary(tally: Tally, stopped: bool, saved: dict[str, int]) -> dict[str, Any]:
+    """``ok``/``failed`` count the job's rows over all attempts (a resumed job's last
+    attempt saw only part); the rest describe this attempt."""
     return {
         "images": tally.done,
-        "ok": tally.ok,
-        "failed": tally.failed,
+        "ok": saved.get("ok", 0),
+        "failed": saved.get("failed", 0),
         "skipped": tally.skipped,
         "regions": tally.regions,
         "stopped_early": stopped,
@@ -248,14 +250,16 @@ def _produce(
     seen = set(done)  # keys of this run, so identical images are labeled once
     window, pending = spec.read_ahead * spec.batch_size, Unit()
     unique = len(done)
-    for raw in iter_items(spec.inputs, spec.include, spec.exclude):
+    limit = byte_limit(spec.max_image_pixels)
+    for raw in iter_items(spec.inputs, spec.include, spec.exclude, limit):
         if stop.is_set():
             return
         if pending.skipped + len(pending.failed) >= SETTLED_FLUSH:
             _put(units, Unit(failed=pending.failed, skipped=pending.skipped), stop)
-            pending.failed, pending.skipped = [], 0
+            pending.failed, pending.skipped = [], 0  # aliases wait for their rows (_flush)
         if raw.key in seen:
             pending.skipped += 1
+            pending.aliases.append((raw.key, raw.source))  # another source of that image
             continue
         if spec.limit is not None and unique >= spec.limit:
             break
@@ -305,6 +309,8 @@ def _flush(
         unit.ready = ready
         if ready:
             unit.batch = _inputs(processor, ready, plan)
+        if i == max(len(batches), 1) - 1:  # the last: every row the aliases name is saved
+            unit.aliases = pending.aliases
         _put(units, unit, stop)
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import fnmatch
 import hashlib
 import io
+import stat
 import tarfile
 import warnings
 import zipfile
@@ -104,25 +105,59 @@ def failed_key(source: str) -> str:
     return hashlib.sha256(f"source:{source}".encode()).hexdigest()
 
 
-def _read_stream(source: str, stream: IO[bytes]) -> RawItem:
-    """Read a file object in blocks, hashing as it goes."""
+def byte_limit(max_image_pixels: int) -> int:
+    """The most bytes an image file of at most ``max_image_pixels`` can need: 8 bytes a
+    pixel (16-bit RGBA, the widest uncompressed layout) plus 1 MiB of headers and
+    metadata, and never more than MAX_FILE_BYTES. Reading stops past it, so an archive
+    member that inflates further never sits whole in memory."""
+    return min(MAX_FILE_BYTES, max_image_pixels * 8 + (1 << 20))
+
+
+def _read_stream(source: str, stream: IO[bytes], limit: int = MAX_FILE_BYTES) -> RawItem:
+    """Read a file object in blocks, hashing as it goes; stop past ``limit`` bytes."""
     digest = hashlib.sha256()
     chunks: list[bytes] = []
     size = 0
-    while block := stream.read(1 << 20):
+    while block := stream.read(min(1 << 20, limit + 1 - size)):
         digest.update(block)
         chunks.append(block)
         size += len(block)
-        if size > MAX_FILE_BYTES:
-            return RawItem(source, failed_key(source), error=_too_large(size))
+        if size > limit:
+            return RawItem(source, failed_key(source), error=_too_large(size, limit))
     return RawItem(source, digest.hexdigest(), data=b"".join(chunks))
 
 
-def _too_large(size: int) -> str:
-    return f"file too large ({size} bytes > {MAX_FILE_BYTES}): not an image this job reads"
+def _too_large(size: int, limit: int = MAX_FILE_BYTES) -> str:
+    over = "more than " if size == limit + 1 else ""
+    return (
+        f"file too large ({over}{size} bytes > {limit}): more than an image within "
+        "max_image_pixels can take; not read further"
+    )
 
 
-def _read_file(path: Path) -> RawItem:
+_TAR_TYPES = {
+    tarfile.SYMTYPE: "a symbolic link",
+    tarfile.LNKTYPE: "a hard link",
+    tarfile.DIRTYPE: "a directory",
+    tarfile.CHRTYPE: "a character device",
+    tarfile.BLKTYPE: "a block device",
+    tarfile.FIFOTYPE: "a FIFO",
+}
+
+
+def _not_a_file(member: tarfile.TarInfo) -> str:
+    what = _TAR_TYPES.get(member.type, f"of tar type {member.type!r}")
+    target = f" to {member.linkname!r}" if member.issym() or member.islnk() else ""
+    return (
+        f"archive member is {what}{target}, not a regular file: not read (links are not followed)"
+    )
+
+
+def _zip_is_symlink(info: zipfile.ZipInfo) -> bool:
+    return stat.S_ISLNK(info.external_attr >> 16)
+
+
+def _read_file(path: Path, limit: int = MAX_FILE_BYTES) -> RawItem:
     source = str(path)
     # A folder's symlink or a list file's line may point anywhere: check each file.
     refused = outside_roots(path, settings.allowed_roots(), "image")
@@ -130,10 +165,10 @@ def _read_file(path: Path) -> RawItem:
         return RawItem(source, failed_key(source), error=refused)
     try:
         size = path.stat().st_size
-        if size > MAX_FILE_BYTES:
-            return RawItem(source, failed_key(source), error=_too_large(size))
+        if size > limit:
+            return RawItem(source, failed_key(source), error=_too_large(size, limit))
         with path.open("rb") as f:
-            return _read_stream(source, f)
+            return _read_stream(source, f, limit)
     except OSError as e:
         return RawItem(source, failed_key(source), error=f"unreadable file: {e}")
 
@@ -161,10 +196,12 @@ def list_file_paths(list_file: Path) -> list[Path]:
 def _tar_items(
     tar: tarfile.TarFile, include: list[str], exclude: list[str]
 ) -> Iterator[tarfile.TarInfo]:
-    """The members of an open tar that become items: one rule for counting and reading."""
+    """The members of an open tar that become items, one rule for counting and reading:
+    every member the globs select, regular file or not (a link, a directory or a device
+    becomes a failed item saying what it is: it must not vanish unreported)."""
     for member in tar:
-        if member.isfile() and matches(member.name, include, exclude):
-            yield member  # directories, links, devices: nothing to label
+        if matches(member.name.rstrip("/"), include, exclude):
+            yield member
 
 
 def count_tar(path: Path, include: list[str], exclude: list[str]) -> int:
@@ -181,18 +218,21 @@ def _plain_tar(path: Path) -> bool:
         return f.read(2) not in (b"\x1f\x8b", b"BZ", b"\xfd7")  # gzip, bzip2, xz magic
 
 
-def iter_tar(path: Path, include: list[str], exclude: list[str]) -> Iterator[RawItem]:
+def iter_tar(
+    path: Path, include: list[str], exclude: list[str], limit: int = MAX_FILE_BYTES
+) -> Iterator[RawItem]:
     """Members of a tar / tar.gz in archive order, one pass, stream mode (no seeking)."""
     with tarfile.open(path, mode="r|*") as tar:
         for member in _tar_items(tar, include, exclude):
             source = f"{path}{SEP}{member.name}"
-            if reason := unsafe_member_reason(member.name):
-                yield RawItem(source, failed_key(source), error=reason)
-                continue
-            stream = tar.extractfile(member)
+            reason = unsafe_member_reason(member.name)
+            if reason is None and not member.isfile():
+                reason = _not_a_file(member)
+            stream = None if reason else tar.extractfile(member)
             if stream is None:
+                yield RawItem(source, failed_key(source), error=reason or _not_a_file(member))
                 continue
-            yield _read_stream(source, stream)
+            yield _read_stream(source, stream, limit)
 
 
 def zip_members(
@@ -201,18 +241,23 @@ def zip_members(
     return [i for i in zf.infolist() if not i.is_dir() and matches(i.filename, include, exclude)]
 
 
-def iter_zip(path: Path, include: list[str], exclude: list[str]) -> Iterator[RawItem]:
+def iter_zip(
+    path: Path, include: list[str], exclude: list[str], limit: int = MAX_FILE_BYTES
+) -> Iterator[RawItem]:
     """Members of a zip in central-directory order, one open member at a time."""
     with zipfile.ZipFile(path) as zf:
         for info in zip_members(zf, include, exclude):
             source = f"{path}{SEP}{info.filename}"
             if reason := unsafe_member_reason(info.filename):
                 yield RawItem(source, failed_key(source), error=reason)
-            elif info.file_size > MAX_FILE_BYTES:  # a zip bomb declares its size
-                yield RawItem(source, failed_key(source), error=_too_large(info.file_size))
+            elif _zip_is_symlink(info):
+                error = "archive member is a symbolic link, not a regular file: not read"
+                yield RawItem(source, failed_key(source), error=error)
+            elif info.file_size > limit:  # a bomb may declare its size; may lie: read capped
+                yield RawItem(source, failed_key(source), error=_too_large(info.file_size, limit))
             else:
                 with zf.open(info) as stream:
-                    yield _read_stream(source, stream)
+                    yield _read_stream(source, stream, limit)
 
 
 def count_items(inputs: Iterable[str | Path], include: list[str], exclude: list[str]) -> int:
@@ -241,7 +286,10 @@ def count_items(inputs: Iterable[str | Path], include: list[str], exclude: list[
 
 
 def iter_items(
-    inputs: Iterable[str | Path], include: list[str], exclude: list[str]
+    inputs: Iterable[str | Path],
+    include: list[str],
+    exclude: list[str],
+    limit: int = MAX_FILE_BYTES,
 ) -> Iterator[RawItem]:
     """Every input item in order: folders recursively, list files line by line, archives streamed.
 
@@ -252,17 +300,17 @@ def iter_items(
         path = Path(raw).expanduser()
         kind = archive_kind(path)
         if path.is_dir():
-            yield from (_read_file(p) for p in folder_files(path, include, exclude))
+            yield from (_read_file(p, limit) for p in folder_files(path, include, exclude))
         elif kind == "list":
-            yield from (_read_file(p) for p in list_file_paths(path))
+            yield from (_read_file(p, limit) for p in list_file_paths(path))
         elif kind in ("tar", "zip"):
             try:
-                yield from (iter_tar if kind == "tar" else iter_zip)(path, include, exclude)
+                yield from (iter_tar if kind == "tar" else iter_zip)(path, include, exclude, limit)
             except (tarfile.TarError, zipfile.BadZipFile, OSError, EOFError) as e:
                 source = str(path)
                 yield RawItem(source, failed_key(source), error=f"unreadable archive: {e}")
         else:
-            yield _read_file(path)
+            yield _read_file(path, limit)
 
 
 def decode_image(data: bytes, *, max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> Decoded:

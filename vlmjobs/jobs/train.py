@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import gc
 import math
+import os
 import random
 import shutil
 import time
@@ -150,7 +151,7 @@ def run(spec: TrainSpec, ctx: JobContext) -> dict[str, Any]:
         prefetch.close()
 
     # ---- final adapter + cleanup
-    adapter = write_adapter(ctx.workdir / "adapter", model, processor, data.manifest, spec)
+    adapter = write_adapter(ctx, model, processor, data.manifest, spec)
     merged = merge_export(spec, adapter, ctx) if spec.merge_export else None
     del model, optimizer
     free_memory()
@@ -372,7 +373,7 @@ def save(
     target = root / f"{ckpt.PREFIX}{state.step:08d}"
     if target.exists():
         return target  # already written at this step (a stop request right after a save)
-    path = ckpt.save_checkpoint(root, model, optimizer, scheduler, state)
+    path = ckpt.save_checkpoint(root, model, optimizer, scheduler, state, ctx.publish)
     ctx.record_checkpoint(state.step, path, {"epoch": float(state.epoch), **metrics}, is_best)
     keep = set()
     if spec.checkpoint.keep_best and state.best_step is not None:
@@ -383,17 +384,17 @@ def save(
 
 
 def write_adapter(
-    out: Path, model: Any, processor: Any, manifest: Manifest, spec: TrainSpec
+    ctx: JobContext, model: Any, processor: Any, manifest: Manifest, spec: TrainSpec
 ) -> Path:
-    """The job's product: PEFT adapter + processor settings + manifest, renamed into place."""
-    tmp = out.with_name(f"{ckpt.TMP_PREFIX}{out.name}")
+    """The job's product: PEFT adapter + processor settings + manifest, written under an
+    attempt-private name and renamed into place only while this attempt owns the job."""
+    out = ctx.workdir / "adapter"
+    tmp = out.with_name(f"{ckpt.TMP_PREFIX}{out.name}-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp)
     processor.save_pretrained(tmp)
     dataclasses.replace(manifest, base_model=spec.model.path).write(tmp)
-    shutil.rmtree(out, ignore_errors=True)
-    tmp.rename(out)
-    return out
+    return ctx.publish(tmp, out)
 
 
 def merge_export(spec: TrainSpec, adapter: Path, ctx: JobContext) -> Path:
@@ -403,11 +404,12 @@ def merge_export(spec: TrainSpec, adapter: Path, ctx: JobContext) -> Path:
     plain = spec.model.model_copy(update={"quantization": "none", "adapter": str(adapter)})
     model, processor = load_model(plain, device=ctx.device)
     out = ctx.workdir / "merged"
-    shutil.rmtree(out, ignore_errors=True)
-    model.merge_and_unload().save_pretrained(out)
-    processor.save_pretrained(out)
-    shutil.copy(adapter / "manifest.json", out / "manifest.json")
-    return out
+    tmp = out.with_name(f"{ckpt.TMP_PREFIX}{out.name}-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.merge_and_unload().save_pretrained(tmp)
+    processor.save_pretrained(tmp)
+    shutil.copy(adapter / "manifest.json", tmp / "manifest.json")
+    return ctx.publish(tmp, out)
 
 
 def result_of(

@@ -5,7 +5,8 @@ A checkpoint is a directory ``checkpoints/step-00000120/`` holding
     adapter/             the PEFT adapter (``save_pretrained``), loadable on its own
     trainer_state.pt     optimizer, scheduler, RNG states (python, numpy, torch, cuda),
                          and the loop's position: step, epoch, micro-batch index, the
-                         epoch's batch list (the data order), best metric, config hash
+                         epoch's batch list (the data order), best metric, config hash;
+                         tensors and plain values only, loaded with weights_only=True
 
 It is written under a temporary name and renamed into place: a ``step-*`` directory
 exists only once complete, so resume never reads half a checkpoint (a kill -9 mid-write
@@ -17,8 +18,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import pickle
 import random
 import shutil
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -63,9 +66,17 @@ def config_hash(spec_dump: dict[str, Any]) -> str:
 
 
 def rng_state() -> dict[str, Any]:
+    """Every RNG's state as tensors and plain values (what ``weights_only`` loading allows)."""
+    name, keys, pos, has_gauss, cached = np.random.get_state(legacy=True)
     state: dict[str, Any] = {
-        "python": random.getstate(),
-        "numpy": np.random.get_state(),
+        "python": random.getstate(),  # (version, tuple of ints, None): plain values
+        "numpy": {
+            "name": str(name),
+            "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached),
+        },
         "torch": torch.get_rng_state(),
     }
     if torch.cuda.is_available():
@@ -75,7 +86,9 @@ def rng_state() -> dict[str, Any]:
 
 def set_rng_state(state: dict[str, Any]) -> None:
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    n = state["numpy"]
+    keys = n["keys"].numpy().astype(np.uint32)
+    np.random.set_state((n["name"], keys, n["pos"], n["has_gauss"], n["cached_gaussian"]))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -97,8 +110,13 @@ def save_checkpoint(
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler,
     state: TrainState,
+    publish: Callable[[Path, Path], object] = os.rename,
 ) -> Path:
-    """Write ``root/step-<step>`` atomically and return it (one already there is kept)."""
+    """Write ``root/step-<step>`` atomically and return it (one already there is kept).
+
+    ``publish(tmp, final)`` does the rename; a job passes ``ctx.publish``, which renames
+    only while its attempt still owns the job.
+    """
     final = root / f"{PREFIX}{state.step:08d}"
     if final.exists():
         return final  # same step = same weights: e.g. a stop request right after a periodic save
@@ -117,7 +135,7 @@ def save_checkpoint(
         tmp / STATE_FILE,
     )
     _fsync_tree(tmp)
-    os.rename(tmp, final)  # atomic on one filesystem: the checkpoint appears complete or not at all
+    publish(tmp, final)  # atomic on one filesystem: the checkpoint appears complete or not at all
     _fsync_dir(root)  # the rename itself reaches the disk
     return final
 
@@ -160,7 +178,7 @@ def load_checkpoint(
     expected_hash: str,
 ) -> TrainState:
     """Restore adapter weights, optimizer, scheduler and RNG from ``path``; return the loop."""
-    saved = torch.load(path / STATE_FILE, map_location="cpu", weights_only=False)
+    saved = _load_state(path / STATE_FILE)
     state = TrainState(**saved["state"])
     if state.config_hash != expected_hash:
         raise VlmjobsError(
@@ -177,6 +195,23 @@ def load_checkpoint(
     scheduler.load_state_dict(saved["scheduler"])
     set_rng_state(saved["rng"])
     return state
+
+
+def _load_state(file: Path) -> dict[str, Any]:
+    """``trainer_state.pt`` with ``weights_only=True``: tensors and plain values only, so a
+    file planted on the shared artifact mount cannot run code on the worker that resumes."""
+    try:
+        saved = torch.load(file, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise VlmjobsError(
+            f"checkpoint state {file} holds objects other than tensors and plain values "
+            f"({str(e).splitlines()[0][:200]}); it was written by an older vlmjobs or by "
+            "someone else, and is not loaded: delete that checkpoint directory to resume "
+            "from an earlier one, or all of them to start over"
+        ) from None
+    if not isinstance(saved, dict):
+        raise VlmjobsError(f"checkpoint state {file} is not a dict: delete that checkpoint")
+    return saved
 
 
 def prune(root: Path, keep_last: int, keep: set[Path]) -> list[Path]:

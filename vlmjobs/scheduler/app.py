@@ -9,7 +9,7 @@ Timing knobs (environment, seconds; read at call time):
 - VLMJOBS_HEARTBEAT_S (10): how often a worker writes its own and its job's heartbeat.
 - VLMJOBS_STALE_AFTER_S (120): a running job whose heartbeat is older is presumed lost
   (its worker died) and re-queued. Keep it several heartbeats long.
-- VLMJOBS_RECONCILE_S (60): how often each worker (and beat) runs ``reconcile``.
+- VLMJOBS_RECONCILE_S (60): how often each worker runs ``reconcile``.
 - VLMJOBS_REQUEUE_GRACE_S (30): a queued job whose message has been missing from Redis
   for longer is re-sent (the grace covers the gap between commit and send).
 - VLMJOBS_VISIBILITY_TIMEOUT_S (604800, 7 days): Redis redelivers an unacknowledged
@@ -101,14 +101,8 @@ def _make_app(url: str) -> Celery:
             "sep": PRIORITY_SEP,
             "queue_order_strategy": "priority",
         },
-        # Beat also fires the database schedules (`vlmjobs schedule`), in its own process.
+        # Beat fires the database schedules (`vlmjobs schedule`), in its own process.
+        # No periodic reconcile here: every worker's heartbeat thread already runs it.
         beat_scheduler="vlmjobs.scheduler.schedule_beat:ScheduleBeat",
-        beat_schedule={
-            "reconcile": {
-                "task": "vlmjobs.reconcile",
-                "schedule": reconcile_s(),
-                "options": {"queue": "cpu", "expires": reconcile_s()},
-            }
-        },
     )
     return app

@@ -11,25 +11,29 @@ Two ways a job gets stuck, both repaired by re-queuing it with a fresh message:
   job ``queued`` for longer than ``VLMJOBS_REQUEUE_GRACE_S`` whose task id is
   in no Redis queue and not held unacknowledged by a worker is re-sent.
 
-Every worker runs this at start and every ``VLMJOBS_RECONCILE_S``, and beat
-schedules it too; concurrent runs are safe because each repair is one
-conditional UPDATE that only one process can win.
+Every worker runs this at start and every ``VLMJOBS_RECONCILE_S`` (in its
+heartbeat thread; beat does not, to keep one mechanism); concurrent runs are
+safe because each repair is one compare-and-set in ``db/lifecycle.py`` that
+only one process can win, and a take-over re-checks the owner's fence and
+heartbeat age in that same UPDATE.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 
 import redis
-from sqlalchemy import select, update
+from sqlalchemy import select
 
 from vlmjobs import settings
-from vlmjobs.db.models import Job, JobEvent, State, utcnow
+from vlmjobs.db import lifecycle
+from vlmjobs.db.models import Job, State, utcnow
 from vlmjobs.db.session import session
 from vlmjobs.scheduler.app import PRIORITY_SEP, QUEUES, requeue_grace_s, stale_after_s
-from vlmjobs.scheduler.submit import requeue
+from vlmjobs.scheduler.submit import dispatch
 
 
 @dataclass
@@ -53,38 +57,32 @@ def broker_task_ids(broker_url: str | None = None) -> set[str]:
     return {str(m["headers"]["id"]) for m in messages if (m.get("headers") or {}).get("id")}
 
 
+# Test hook: called with a job id between the reconciler's read and its write, so a
+# test can make a slow reconciler race a live worker (tests/system/test_fencing.py).
+between_read_and_write: Callable[[int], None] | None = None
+
+
 def _stale_running(out: Reconciled) -> None:
     cutoff = utcnow() - timedelta(seconds=stale_after_s())
     with session() as s:
         rows = s.execute(
-            select(Job.id, Job.attempts, Job.max_attempts, Job.worker, Job.cancel_requested).where(
+            select(Job.id, Job.fence, Job.attempts, Job.max_attempts, Job.worker).where(
                 Job.state == State.running, Job.heartbeat_at < cutoff
             )
         ).all()
-    for job_id, attempts, max_attempts, worker, cancel in rows:
+    for job_id, token, attempts, max_attempts, worker in rows:
+        if between_read_and_write is not None:
+            between_read_and_write(job_id)
+        # What was read may be old by now: each write re-checks all of it (state, fence,
+        # heartbeat age) in its WHERE, so a worker that beat meanwhile keeps its job.
         reason = f"worker {worker} stopped heartbeating (> {stale_after_s():.0f} s)"
-        if attempts < max_attempts and not cancel:
-            if requeue(
-                job_id,
-                from_states=(State.running,),
-                reason=f"{reason}: re-queued (attempt {attempts} of {max_attempts} was lost)",
-            ):
-                out.requeued_stale.append(job_id)
-            continue
-        with session() as s:
-            res = s.execute(
-                update(Job)
-                .where(Job.id == job_id, Job.state == State.running, Job.heartbeat_at < cutoff)
-                .values(
-                    state=State.cancelled if cancel else State.failed,
-                    finished_at=utcnow(),
-                    error=None if cancel else f"{reason}; gave up after {attempts} attempts",
-                )
-            )
-            if res.rowcount == 1:  # type: ignore[attr-defined]
-                end = "cancelled" if cancel else "failed"
-                s.add(JobEvent(job_id=job_id, level="error", message=f"{reason}: {end}"))
-                out.failed_stale.append(job_id)
+        lost = f"{reason}: re-queued (attempt {attempts} of {max_attempts} was lost)"
+        if dispatch(
+            lifecycle.requeue_stale(job_id, token, stale_after_s=stale_after_s(), reason=lost)
+        ):
+            out.requeued_stale.append(job_id)
+        elif lifecycle.give_up_stale(job_id, token, stale_after_s=stale_after_s(), reason=reason):
+            out.failed_stale.append(job_id)
 
 
 def _lost_queued(out: Reconciled) -> None:
@@ -96,13 +94,10 @@ def _lost_queued(out: Reconciled) -> None:
     if not rows:
         return
     present = broker_task_ids()
+    reason = "its message was not in Redis (flushed or restarted?): re-sent"
     for job_id, task_id in rows:
-        if task_id in present:
-            continue
-        if requeue(
-            job_id,
-            from_states=(State.queued,),
-            reason="its message was not in Redis (flushed or restarted?): re-sent",
+        if task_id not in present and dispatch(
+            lifecycle.resend_lost(job_id, task_id, reason=reason)
         ):
             out.resent_lost.append(job_id)
 

@@ -1,7 +1,6 @@
 """Celery beat's scheduler, extended to fire the database schedules in the beat process.
 
-Beat keeps its own periodic tasks (``reconcile``) as usual; each tick also
-calls ``schedules.fire_due()`` right here, not through a worker queue, so
+Each tick of beat calls ``schedules.fire_due()`` right here, not through a worker queue, so
 schedules fire while every worker is busy with a long GPU job. Any number of
 beats may run (one per host, for availability): firing is a compare-and-set in
 the database, so each slot fires once.

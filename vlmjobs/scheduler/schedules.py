@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import logging
 import re
-import uuid
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -31,6 +30,8 @@ from typing import Any
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
+from vlmjobs.db import lifecycle
+from vlmjobs.db.lifecycle import Message
 from vlmjobs.db.models import Job, Output, Schedule, ScheduleEvent, State, utcnow
 from vlmjobs.db.session import session
 from vlmjobs.errors import ScheduleNotFound, VlmjobsError
@@ -43,8 +44,8 @@ from vlmjobs.scheduler.schedule_time import (
     slots_between,
     zone,
 )
-from vlmjobs.scheduler.submit import send
-from vlmjobs.specs import load_plugins
+from vlmjobs.scheduler.submit import dispatch, job_fields
+from vlmjobs.specs import load_plugins, spec_class
 from vlmjobs.specs.common import JobSpec
 
 logger = logging.getLogger("vlmjobs.schedules")
@@ -70,7 +71,7 @@ class Run:
     schedule: str
     job_id: int | None
     skipped_for: int | None = None  # the still-active job a skip deferred to
-    send: tuple[int, str, str, int, str] | None = None  # send() arguments
+    send: Message | None = None
 
 
 def check_when(
@@ -282,46 +283,35 @@ def _start_run(s: Session, sched: Schedule, now: datetime, trigger: str) -> Run:
         s.add(ScheduleEvent(schedule_id=sched.id, level="warning", message=message))
         logger.warning("schedule %s: %s", sched.name, message)
         return Run(sched.name, None, skipped_for=active.id)
-    job = _job_row(sched)
-    s.add(job)
-    s.flush()
+    msg = lifecycle.insert(s, **_job_fields(sched), schedule_id=sched.id)
     s.execute(
         update(Schedule)
         .where(Schedule.id == sched.id)
-        .values(runs=Schedule.runs + 1, last_job_id=job.id)
+        .values(runs=Schedule.runs + 1, last_job_id=msg.job_id)
         .execution_options(synchronize_session=False)
     )
-    s.add(ScheduleEvent(schedule_id=sched.id, job_id=job.id, message=f"{trigger}: job {job.id}"))
-    logger.info("schedule %s: %s: job %s", sched.name, trigger, job.id)
-    assert job.task_id is not None
-    return Run(sched.name, job.id, send=(job.id, job.kind, job.queue, job.priority, job.task_id))
+    s.add(
+        ScheduleEvent(
+            schedule_id=sched.id, job_id=msg.job_id, message=f"{trigger}: job {msg.job_id}"
+        )
+    )
+    logger.info("schedule %s: %s: job %s", sched.name, trigger, msg.job_id)
+    return Run(sched.name, msg.job_id, send=msg)
 
 
-def _job_row(sched: Schedule) -> Job:
-    """The queued job of one run: what ``submit.submit`` inserts, from the stored spec."""
+def _job_fields(sched: Schedule) -> dict[str, Any]:
+    """The run's job columns, derived from the stored spec exactly as ``submit`` does."""
     load_plugins()  # the kind registry of the process (test kinds come as plugins)
     if sched.kind not in KINDS:
         raise VlmjobsError(f"schedule {sched.name!r} has kind {sched.kind!r}, unknown here")
-    spec: dict[str, Any] = dict(sched.spec)
-    return Job(
-        kind=sched.kind,
-        name=spec.get("name") or sched.name,
-        spec=spec,
-        state=State.queued,
-        attempts=0,
-        max_attempts=spec.get("max_attempts", 3),
-        priority=spec.get("priority", 5),
-        queue=spec.get("queue") or KINDS[sched.kind].queue,
-        task_id=str(uuid.uuid4()),
-        schedule_id=sched.id,
-        progress_done=0,
-        cancel_requested=False,
-    )
+    stored = dict(sched.spec)  # validated at `schedule add`: construct, do not re-check paths
+    fields = job_fields(spec_class(sched.kind).model_construct(**stored), dump=stored)
+    fields["name"] = fields["name"] or sched.name
+    return fields
 
 
 def _send(run: Run) -> None:
-    if run.send is not None:
-        send(*run.send)
+    dispatch(run.send)
 
 
 def earlier_run_keys(job_id: int) -> set[str]:

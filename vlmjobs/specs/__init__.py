@@ -16,9 +16,13 @@ from pydantic import ValidationError
 
 from vlmjobs.errors import SpecError
 from vlmjobs.jobs import KINDS, resolve
+from vlmjobs.specs import safe_yaml
 from vlmjobs.specs.common import JobSpec
+from vlmjobs.specs.safe_yaml import clip
 
 _plugins_loaded: set[str] = set()
+MAX_KEY_PARTS = 16  # a --set key's dotted parts: specs nest a few levels
+MAX_PROBLEMS = 50  # validation problems listed in one error
 
 
 def load_plugins() -> None:
@@ -48,14 +52,16 @@ def spec_class(kind: str) -> type[JobSpec]:
 
 def _read_yaml(path: Path) -> tuple[dict[str, Any], list[tuple[str, str]]]:
     if not path.is_file():
-        return {}, [("<file>", f"spec file {str(path)!r} does not exist: check the path")]
+        return {}, [("<file>", f"spec file {clip(str(path))} does not exist: check the path")]
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = safe_yaml.load(safe_yaml.read_text(path), str(path))
+    except safe_yaml.YamlLimitError as e:
+        return {}, [("<file>", str(e))]
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "unknown place"
         problem = getattr(e, "problem", None) or str(e)
-        return {}, [("<yaml>", f"invalid YAML in {path} at {where}: {problem}")]
+        return {}, [("<yaml>", f"invalid YAML in {path} at {where}: {clip(problem, 200)}")]
     if data is None:
         return {}, []
     if not isinstance(data, dict):
@@ -67,19 +73,24 @@ def apply_override(data: dict[str, Any], override: str) -> str | None:
     """Set ``a.b=value`` in ``data`` (value parsed as a YAML scalar); an error message or None."""
     key, sep, raw = override.partition("=")
     key = key.strip()
+    shown = clip(override)
     if not sep or not key or any(not part for part in key.split(".")):
-        return f"--set {override!r} must look like key.sub=value"
-    try:
-        value = yaml.safe_load(raw) if raw.strip() else None
-    except yaml.YAMLError as e:
-        return f"--set {override!r}: value is not valid YAML ({e})"
-    node = data
+        return f"--set {shown} must look like key.sub=value"
     parts = key.split(".")
+    if len(parts) > MAX_KEY_PARTS:
+        return f"--set {shown}: the key has {len(parts)} parts, more than {MAX_KEY_PARTS}"
+    try:
+        value = safe_yaml.load(raw, "the --set value") if raw.strip() else None
+    except safe_yaml.YamlLimitError as e:
+        return f"--set {shown}: {e}"
+    except yaml.YAMLError as e:
+        return f"--set {shown}: value is not valid YAML ({clip(str(e), 200)})"
+    node = data
     for i, part in enumerate(parts[:-1]):
         child = node.setdefault(part, {})
         if not isinstance(child, dict):
             where = ".".join(parts[: i + 1])
-            return f"--set {override!r}: {where} is a {type(child).__name__}, not a mapping"
+            return f"--set {shown}: {where} is a {type(child).__name__}, not a mapping"
         node = child
     node[parts[-1]] = value
     return None
@@ -99,6 +110,9 @@ def validate_spec(kind: str, data: dict[str, Any]) -> JobSpec:
         return cls.model_validate({**data, "kind": kind})
     except ValidationError as e:
         problems = [(_field_path(err["loc"]), _message(err)) for err in e.errors()]
+        if len(problems) > MAX_PROBLEMS:  # a 10,000-item list of bad values: show a sample
+            more = len(problems) - MAX_PROBLEMS
+            problems = [*problems[:MAX_PROBLEMS], ("...", f"and {more} more problems")]
         raise SpecError(problems) from None
 
 
@@ -107,7 +121,7 @@ def _message(err: Any) -> str:
         return "unknown key (check its spelling and nesting)"
     msg = str(err["msg"])
     if err["type"] not in ("missing", "value_error") and "input" in err:
-        msg += f" (got {err['input']!r})"
+        msg += f" (got {clip(err['input'])})"
     return msg
 
 

@@ -1,25 +1,34 @@
 """The worker's implementation of ``jobs.context.JobContext``: what a recipe records while it runs.
 
 Writes are small transactions of their own, so a crash loses at most the
-current step. Progress is throttled to one database write per second (a
-recipe may call it every batch); cancel flags are polled at most once a second.
+current step. Every one is fenced (``lifecycle.owned``): once this attempt has
+lost the job to another, a write raises ``LostOwnership`` and lands nothing,
+and ``publish`` renames no artifact into place. Progress is throttled to one
+database write per second (a recipe may call it every batch); the cancel flag
+is read at every ``should_stop``.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import shutil
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from sqlalchemy import delete, insert, select, update
+from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from vlmjobs import settings
-from vlmjobs.db.models import Checkpoint, Job, JobEvent, Metric, Output, Region, utcnow
+from vlmjobs.db import lifecycle
+from vlmjobs.db.lifecycle import Lease
+from vlmjobs.db.models import Checkpoint, JobEvent, Metric, Output, Region, utcnow
 from vlmjobs.db.session import get_engine, session
+from vlmjobs.errors import LostOwnership
 from vlmjobs.jobs.context import OutputRecord
 
 T = TypeVar("T")
@@ -35,6 +44,7 @@ class StopFlags:
     def __init__(self) -> None:
         self.shutdown = threading.Event()  # SIGTERM: the worker is going away
         self.time_limit = threading.Event()  # the attempt ran past spec.time_limit_s
+        self.lost = threading.Event()  # the heartbeat found another attempt owns the job
 
 
 def workdir_for(job_id: int) -> Path:
@@ -48,10 +58,41 @@ def job_logger(job_id: int, workdir: Path) -> logging.Logger:
     for h in list(log.handlers):
         log.removeHandler(h)
         h.close()
-    handler = logging.FileHandler(workdir / "job.log", encoding="utf-8")
+    handler = _JobLogHandler(workdir / "job.log", encoding="utf-8")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
     log.addHandler(handler)
     return log
+
+
+class _JobLogHandler(logging.FileHandler):
+    """A job.log that cannot be written (disk full) says so once on the worker's log,
+    instead of a "--- Logging error ---" traceback per line; the job's error says why."""
+
+    failed = False
+
+    def handleError(self, record: logging.LogRecord) -> None:  # noqa: N802 - logging's name
+        self._report(sys.exc_info()[1])
+
+    def flush(self) -> None:
+        try:
+            super().flush()
+        except OSError as e:  # the buffered lines cannot reach the disk either
+            self._report(e)
+
+    def close(self) -> None:
+        try:
+            super().close()
+        except OSError as e:
+            self._report(e)
+
+    def _report(self, error: BaseException | None) -> None:
+        if not self.failed:
+            self.failed = True
+            logging.getLogger("vlmjobs.worker").warning(
+                "cannot write %s (%s): further job log lines are dropped",
+                self.baseFilename,
+                error,
+            )
 
 
 def close_logger(log: logging.Logger) -> None:
@@ -63,17 +104,17 @@ def close_logger(log: logging.Logger) -> None:
 class WorkerContext:
     """One attempt of one job, as seen by its recipe (see ``jobs/context.py`` for the contract)."""
 
-    def __init__(self, job_id: int, attempt: int, device: str, flags: StopFlags) -> None:
-        self.job_id = job_id
-        self.attempt = attempt
+    def __init__(self, lease: Lease, device: str, flags: StopFlags) -> None:
+        self.lease = lease
+        self.job_id = lease.job_id
+        self.attempt = lease.attempt
         self.device = device
-        self.workdir = workdir_for(job_id)
+        self.workdir = workdir_for(lease.job_id)
         self.workdir.mkdir(parents=True, exist_ok=True)
-        self.log = job_logger(job_id, self.workdir)
+        self.log = job_logger(lease.job_id, self.workdir)
         self.flags = flags
         self.stop_seen = False  # the recipe was told to stop (it may have returned early)
         self._last_progress = 0.0
-        self._last_cancel_poll = 0.0
         self._cancelled = False
 
     def progress(self, done: int, total: int | None = None) -> None:
@@ -81,15 +122,11 @@ class WorkerContext:
         if now - self._last_progress < 1.0 and done != total:
             return
         self._last_progress = now
-        values: dict[str, Any] = {"progress_done": done, "heartbeat_at": utcnow()}
-        if total is not None:
-            values["progress_total"] = total
-        with session() as s:
-            s.execute(update(Job).where(Job.id == self.job_id).values(**values))
+        lifecycle.progress(self.lease, done, total)
 
     def metrics(self, values: dict[str, float], step: int | None = None) -> None:
         now = utcnow()
-        with session() as s:
+        with lifecycle.owned(self.lease) as s:
             s.add_all(
                 Metric(job_id=self.job_id, step=step, name=k, value=float(v), time=now)
                 for k, v in values.items()
@@ -97,23 +134,34 @@ class WorkerContext:
 
     def event(self, message: str, level: str = "info") -> None:
         self.log.log(_LEVELS.get(level, logging.ERROR), message)
-        with session() as s:
+        with lifecycle.owned(self.lease) as s:
             s.add(JobEvent(job_id=self.job_id, level=level, message=message))
 
     def cancel_requested(self) -> bool:
-        now = time.monotonic()
-        if not self._cancelled and now - self._last_cancel_poll >= 1.0:
-            self._last_cancel_poll = now
-            with session() as s:
-                self._cancelled = bool(
-                    s.scalar(select(Job.cancel_requested).where(Job.id == self.job_id))
-                )
+        # Read at every call (one primary-key lookup): a recipe asks once per step or
+        # batch, so a cancel overshoots by at most the batch in flight.
+        if not self._cancelled:
+            self._cancelled = lifecycle.cancel_requested(self.job_id)
         return self._cancelled
+
+    def output_counts(self) -> dict[str, int]:
+        with session() as s:
+            rows = s.execute(
+                select(Output.status, func.count())
+                .where(Output.job_id == self.job_id)
+                .group_by(Output.status)
+            ).all()
+        return {status: int(n) for status, n in rows}
+
+    def lost(self) -> bool:
+        """Whether the heartbeat found that another attempt owns the job now."""
+        return self.flags.lost.is_set()
 
     def should_stop(self) -> bool:
         stop = (
             self.flags.shutdown.is_set()
             or self.flags.time_limit.is_set()
+            or self.lost()
             or self.cancel_requested()
         )
         self.stop_seen = self.stop_seen or stop
@@ -133,7 +181,7 @@ class WorkerContext:
         self, step: int, path: Path, metrics: dict[str, float], is_best: bool = False
     ) -> None:
         rel = self._relative(path)
-        with session() as s:
+        with lifecycle.owned(self.lease) as s:
             if is_best:
                 s.execute(
                     update(Checkpoint).where(Checkpoint.job_id == self.job_id).values(is_best=False)
@@ -146,7 +194,7 @@ class WorkerContext:
 
     def forget_checkpoint(self, path: Path) -> None:
         rel = self._relative(path)
-        with session() as s:
+        with lifecycle.owned(self.lease) as s:
             s.execute(
                 delete(Checkpoint).where(Checkpoint.job_id == self.job_id, Checkpoint.path == rel)
             )
@@ -163,7 +211,7 @@ class WorkerContext:
         dialect = get_engine().dialect.name
         ins = postgresql.insert if dialect == "postgresql" else sqlite.insert
         new = 0
-        with session() as s:
+        with lifecycle.owned(self.lease) as s:
             for rec in outputs:
                 row = _output_row(self.job_id, rec)
                 stmt = (
@@ -183,6 +231,35 @@ class WorkerContext:
                     )
         return new
 
+    def publish(self, tmp: Path, final: Path) -> Path:
+        """Rename the finished ``tmp`` to ``final`` (replacing it) while this attempt owns
+        the job; otherwise delete ``tmp`` and raise LostOwnership (nothing shared touched).
+
+        The renames run inside the fenced transaction, so a take-over cannot slip in
+        between the ownership check and the rename.
+        """
+        try:
+            with lifecycle.owned(self.lease):
+                old = swap_in(tmp, final)
+        except LostOwnership:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+        return final
+
+    def add_sources(self, aliases: Iterable[tuple[str, str]]) -> None:
+        with lifecycle.owned(self.lease) as s:
+            for key, source in aliases:
+                row = s.scalar(
+                    select(Output).where(Output.job_id == self.job_id, Output.item_key == key)
+                )
+                if row is None:  # labeled by another run of the schedule: not this job's row
+                    continue
+                sources = list(row.extra.get("sources") or [row.source])
+                if source not in sources:  # a resumed attempt reads the same files again
+                    row.extra = {**row.extra, "sources": [*sources, source]}
+
     def resident(self, key: str, factory: Callable[[], T]) -> T:
         if key not in _resident:
             for old in list(_resident):
@@ -191,6 +268,18 @@ class WorkerContext:
             _free_gpu_cache()
             _resident[key] = factory()
         return _resident[key]  # type: ignore[no-any-return]
+
+
+def swap_in(tmp: Path, final: Path) -> Path | None:
+    """Replace ``final`` by ``tmp`` with renames only: a reader sees the old or the new
+    directory whole, never a half-written one. Returns the old one's new name, to delete."""
+    old = None
+    if final.exists():
+        old = final.parent / f".{final.name}.old-{os.getpid()}"
+        shutil.rmtree(old, ignore_errors=True)
+        final.rename(old)
+    tmp.rename(final)
+    return old
 
 
 def _output_row(job_id: int, rec: OutputRecord) -> dict[str, Any]:

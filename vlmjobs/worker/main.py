@@ -89,7 +89,10 @@ def run_worker(gpu: int | None, queues: list[str], loglevel: str = "INFO") -> No
     app.worker_main(
         [
             "worker",
-            "--pool=solo",  # CUDA does not survive fork; one job at a time anyway
+            # A thread, not a fork (CUDA does not survive fork), and one job at a time per
+            # GPU; unlike the solo pool, the main thread keeps answering ping/inspect and
+            # Flower while a job runs, and SIGTERM still reaches the job's stop flag.
+            "--pool=threads",
             "--concurrency=1",
             "--prefetch-multiplier=1",
             f"--queues={','.join(queues)}",

@@ -3,8 +3,8 @@
 The heartbeat is a thread (not the recipe's ``ctx.progress``) so that a job
 loading a model for minutes still looks alive; a process killed with -9 takes
 the thread with it, which is exactly what ``reconcile`` detects. The same
-thread runs ``reconcile`` every ``VLMJOBS_RECONCILE_S``: with the solo pool a
-worker's main thread is busy for the whole job, so a Celery task could not.
+thread runs ``reconcile`` every ``VLMJOBS_RECONCILE_S``, so any live worker
+repairs what a dead one left, whatever it is running.
 """
 
 from __future__ import annotations
@@ -19,7 +19,9 @@ from dataclasses import dataclass, field
 
 from sqlalchemy import delete, update
 
-from vlmjobs.db.models import Job, State, Worker, utcnow
+from vlmjobs.db import lifecycle
+from vlmjobs.db.lifecycle import Lease
+from vlmjobs.db.models import Worker, utcnow
 from vlmjobs.db.session import session
 from vlmjobs.scheduler.app import heartbeat_s, reconcile_s
 from vlmjobs.worker.context import StopFlags
@@ -35,18 +37,19 @@ class WorkerState:
     device: str = "cpu"
     queues: str = ""
     flags: StopFlags = field(default_factory=StopFlags)
-    job_id: int | None = None
+    lease: Lease | None = None
     job_started: float = 0.0
     time_limit_s: float | None = None
     _thread: threading.Thread | None = None
     _stop: threading.Event = field(default_factory=threading.Event)
 
-    def start_job(self, job_id: int, time_limit_s: float | None) -> None:
+    def start_job(self, lease: Lease, time_limit_s: float | None) -> None:
         self.flags.time_limit.clear()
-        self.job_id, self.job_started, self.time_limit_s = job_id, time.monotonic(), time_limit_s
+        self.flags.lost.clear()
+        self.lease, self.job_started, self.time_limit_s = lease, time.monotonic(), time_limit_s
 
     def end_job(self) -> None:
-        self.job_id = None
+        self.lease = None
 
     def register(self) -> None:
         """Insert (or refresh) this worker's row and start the heartbeat thread."""
@@ -72,22 +75,25 @@ class WorkerState:
             s.execute(delete(Worker).where(Worker.name == self.name))
 
     def beat(self) -> None:
-        """One heartbeat: the worker row, the running job's row, and its time limit."""
-        job_id, now = self.job_id, utcnow()
+        """One heartbeat: the worker row, the running job's row (under its fence), and
+        its time limit. A lost fence tells the job to stop at its next step."""
+        lease = self.lease
         with session() as s:
             s.execute(
                 update(Worker)
                 .where(Worker.name == self.name)
-                .values(heartbeat_at=now, current_job_id=job_id, **gpu_memory())
-            )
-            if job_id is not None:
-                s.execute(
-                    update(Job)
-                    .where(Job.id == job_id, Job.state == State.running, Job.worker == self.name)
-                    .values(heartbeat_at=now)
+                .values(
+                    heartbeat_at=utcnow(),
+                    current_job_id=lease.job_id if lease else None,
+                    **gpu_memory(),
                 )
+            )
+        if lease is None:
+            return
+        if not lifecycle.heartbeat(lease):
+            self.flags.lost.set()
         limit = self.time_limit_s
-        if job_id is not None and limit and time.monotonic() - self.job_started > limit:
+        if limit and time.monotonic() - self.job_started > limit:
             self.flags.time_limit.set()
 
     def _loop(self) -> None:

@@ -11,15 +11,10 @@ from vlmjobs.worker.process import WORKER
 
 
 def register_tasks(app: Celery) -> None:
-    """``vlmjobs.<kind>`` for every registered kind, and ``vlmjobs.reconcile`` (beat's)."""
+    """``vlmjobs.<kind>`` for every registered kind (reconcile runs in each worker's
+    heartbeat thread, not as a task)."""
     for kind in KINDS:
         app.task(name=f"vlmjobs.{kind}", acks_late=True, reject_on_worker_lost=True)(_run)
-
-    @app.task(name="vlmjobs.reconcile", acks_late=False)
-    def reconcile_task() -> dict[str, list[int]]:
-        from vlmjobs.scheduler.reconcile import reconcile
-
-        return vars(reconcile())
 
 
 def _run(job_id: int) -> None:

@@ -1,9 +1,9 @@
-"""The run wrapper: the one place that moves a job out of queued/running.
+"""The run wrapper: runs one delivery and decides its outcome; ``db/lifecycle.py`` writes it.
 
 Delivery is at-least-once (acks_late; reconcile re-sends), so the wrapper
-makes execution at-most-once-at-a-time: it claims the row with one
-conditional UPDATE (queued, or running with a stale heartbeat) and skips the
-message when the claim fails. Outcomes:
+makes execution at-most-once-at-a-time: it claims the row (queued, or running
+with a stale heartbeat), gets a fenced lease, and skips the message when the
+claim fails. Outcomes (each written only while the lease still holds):
 
 | what happened                          | new state                          |
 | -------------------------------------- | ---------------------------------- |
@@ -13,24 +13,26 @@ message when the claim fails. Outcomes:
 | attempt ran past spec.time_limit_s     | failed                             |
 | retryable error, attempts left         | queued again, new message          |
 | any other error                        | failed, with traceback             |
+| another attempt took the job over      | nothing written (that one owns it) |
 """
 
 from __future__ import annotations
 
+import errno
 import logging
+import os
+import shutil
 import traceback
-from dataclasses import dataclass
-from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
-from sqlalchemy import or_, update
-
-from vlmjobs.db.models import Job, JobEvent, State, utcnow
-from vlmjobs.db.session import session
-from vlmjobs.errors import VlmjobsError
+from vlmjobs.db import lifecycle
+from vlmjobs.db.lifecycle import Lease
+from vlmjobs.db.models import State
+from vlmjobs.errors import JobNotFound, LostOwnership, VlmjobsError
 from vlmjobs.jobs import KINDS, resolve
 from vlmjobs.scheduler.app import stale_after_s
-from vlmjobs.scheduler.submit import requeue
+from vlmjobs.scheduler.submit import dispatch
 from vlmjobs.specs import validate_spec
 from vlmjobs.worker.context import WorkerContext, close_logger
 from vlmjobs.worker.process import WORKER
@@ -40,96 +42,71 @@ logger = logging.getLogger("vlmjobs.worker")
 _RETRYABLE_NAMES = {"OutOfMemoryError", "OperationalError", "InterfaceError", "DisconnectedError"}
 
 
-@dataclass
-class Claim:
-    job_id: int
-    kind: str
-    spec: dict[str, Any]
-    attempt: int
-    max_attempts: int
-
-
 def retryable(exc: BaseException) -> bool:
     """Whether another attempt may succeed: never for our own (user-fixable) errors or bugs."""
-    if isinstance(exc, VlmjobsError):
-        return False
+    if isinstance(exc, VlmjobsError) or disk_full(exc):
+        return False  # a full disk stays full for a retry seconds later: the user frees it
     if isinstance(exc, (ConnectionError, TimeoutError, MemoryError, OSError)):
         return not isinstance(exc, (FileNotFoundError, PermissionError, NotADirectoryError))
     return type(exc).__name__ in _RETRYABLE_NAMES
 
 
-def claim(job_id: int) -> Claim | None:
-    """Atomically take the job for this worker; None when another delivery owns or ended it."""
-    stale = utcnow() - timedelta(seconds=stale_after_s())
-    now = utcnow()
-    with session() as s:
-        res = s.execute(
-            update(Job)
-            .where(
-                Job.id == job_id,
-                Job.cancel_requested.is_(False),
-                or_(
-                    Job.state == State.queued,
-                    (Job.state == State.running)
-                    & (Job.heartbeat_at < stale)
-                    & (Job.attempts < Job.max_attempts),
-                ),
-            )
-            .values(
-                state=State.running,
-                attempts=Job.attempts + 1,
-                worker=WORKER.name,
-                gpu=WORKER.gpu,
-                heartbeat_at=now,
-                started_at=now,
-            )
-        )
-        if res.rowcount != 1:  # type: ignore[attr-defined]
-            job = s.get(Job, job_id)
-            if job is not None and job.state == State.queued and job.cancel_requested:
-                job.state, job.finished_at = State.cancelled, now  # cancelled mid-requeue
-            state = job.state if job else "missing"
-            logger.info("job %s: message skipped (job is %s)", job_id, state)
-            return None
-        job = s.get_one(Job, job_id)
-        s.add(JobEvent(job_id=job_id, message=f"attempt {job.attempts} on {WORKER.name}"))
-        return Claim(job_id, job.kind, dict(job.spec), job.attempts, job.max_attempts)
+def disk_full(exc: BaseException) -> bool:
+    return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
 
 
-def _finish(job_id: int, state: State, message: str, level: str = "info", **values: Any) -> None:
-    """Set the end state, only if this worker still owns the running job."""
-    with session() as s:
-        res = s.execute(
-            update(Job)
-            .where(Job.id == job_id, Job.state == State.running, Job.worker == WORKER.name)
-            .values(state=state, finished_at=utcnow(), heartbeat_at=utcnow(), **values)
-        )
-        if res.rowcount != 1:  # type: ignore[attr-defined]
-            logger.warning("job %s: lost ownership before finishing as %s", job_id, state)
-            return
-        s.add(JobEvent(job_id=job_id, level=level, message=message))
+def disk_full_error(exc: OSError, workdir: Path) -> str:
+    """What filled up, where, and what to do (the path and its free space named)."""
+    path = Path(exc.filename) if exc.filename else workdir
+    probe = next((p for p in (path, *path.parents) if p.exists()), Path("/"))
+    free = shutil.disk_usage(probe).free
+    where = f"writing {str(path)!r}" if exc.filename else f"under {str(workdir)!r}"
+    return (
+        f"disk full {where} ({os.strerror(exc.errno or errno.ENOSPC)}; {free / 2**30:.2f} GiB "
+        f"free on its filesystem): free space, then `vlmjobs retry` the job (its last "
+        "checkpoint and committed outputs are kept)"
+    )
 
 
-def _requeue_own(c: Claim, reason: str, *, count_attempt: bool) -> None:
-    # Guarded by worker too: a reconcile that already took the job wins.
-    values: dict[str, Any] = {} if count_attempt else {"attempts": c.attempt - 1}
-    with session() as s:
-        owned = s.get(Job, c.job_id)
-        mine = owned is not None and owned.worker == WORKER.name
-    if not mine or not requeue(c.job_id, from_states=(State.running,), reason=reason, **values):
+def claim(job_id: int) -> Lease | None:
+    """Take the job for this worker; None when another delivery owns or ended it."""
+    lease = lifecycle.claim(
+        job_id, worker=WORKER.name, gpu=WORKER.gpu, stale_after_s=stale_after_s()
+    )
+    if lease is None:
+        logger.info("job %s: message skipped (job is %s)", job_id, _state_or_missing(job_id))
+    return lease
+
+
+def _state_or_missing(job_id: int) -> str:
+    try:
+        return lifecycle.state_of(job_id)
+    except JobNotFound:
+        return "missing"
+
+
+def _finish(c: Lease, state: State, message: str, level: str = "info", **values: Any) -> None:
+    if not lifecycle.finish(c, state, message, level, **values):
+        logger.warning("job %s: lost ownership before finishing as %s", c.job_id, state)
+
+
+def _requeue_own(c: Lease, reason: str, *, count_attempt: bool) -> None:
+    if not dispatch(lifecycle.requeue_own(c, reason, count_attempt=count_attempt)):
         logger.warning("job %s: not re-queued (no longer ours)", c.job_id)
 
 
-def _on_result(c: Claim, ctx: WorkerContext, result: Any) -> None:
+def _on_result(c: Lease, ctx: WorkerContext, result: Any) -> None:
     result = result if isinstance(result, dict) else {"value": result}
-    if ctx.cancel_requested():
-        _finish(c.job_id, State.cancelled, "cancelled; outputs kept", result=result)
+    if ctx.lost():
+        ctx.log.warning("attempt %s stopped: another attempt owns the job now", c.attempt)
+    elif ctx.cancel_requested():
+        _finish(c, State.cancelled, "cancelled; outputs kept", result=result)
     elif WORKER.flags.shutdown.is_set() and ctx.stop_seen:
         _requeue_own(c, "worker shutting down: re-queued to resume", count_attempt=False)
     elif WORKER.flags.time_limit.is_set() and ctx.stop_seen:
         limit = c.spec.get("time_limit_s")
         _finish(
-            c.job_id,
+            c,
             State.failed,
             "time limit exceeded",
             "error",
@@ -137,21 +114,27 @@ def _on_result(c: Claim, ctx: WorkerContext, result: Any) -> None:
             error=f"time limit exceeded (time_limit_s={limit}): raise it or split the job",
         )
     else:
-        _finish(c.job_id, State.succeeded, "succeeded", result=result)
+        _finish(c, State.succeeded, "succeeded", result=result)
 
 
-def _on_error(c: Claim, ctx: WorkerContext, exc: BaseException) -> None:
+def _on_error(c: Lease, ctx: WorkerContext, exc: BaseException) -> None:
     tb = traceback.format_exc()
     error = f"{type(exc).__name__}: {exc}"
+    if isinstance(exc, LostOwnership) or ctx.lost():
+        ctx.log.warning("attempt %s stopped: %s", c.attempt, error)
+        return
     ctx.log.error("attempt %s failed: %s\n%s", c.attempt, error, tb)
     if ctx.cancel_requested():
-        _finish(c.job_id, State.cancelled, f"cancelled ({error})", error=error)
+        _finish(c, State.cancelled, f"cancelled ({error})", error=error)
     elif WORKER.flags.shutdown.is_set() or isinstance(exc, (KeyboardInterrupt, SystemExit)):
         _requeue_own(c, f"worker shutting down ({error}): re-queued", count_attempt=False)
     elif retryable(exc) and c.attempt < c.max_attempts:
         _requeue_own(c, f"attempt {c.attempt} failed ({error}): retrying", count_attempt=True)
+    elif isinstance(exc, OSError) and disk_full(exc):
+        full = disk_full_error(exc, ctx.workdir)
+        _finish(c, State.failed, full, "error", error=full, traceback=tb)
     else:
-        _finish(c.job_id, State.failed, error, "error", error=error, traceback=tb)
+        _finish(c, State.failed, error, "error", error=error, traceback=tb)
 
 
 def run_job(job_id: int) -> None:
@@ -159,8 +142,8 @@ def run_job(job_id: int) -> None:
     c = claim(job_id)
     if c is None:
         return
-    ctx = WorkerContext(c.job_id, c.attempt, WORKER.device, WORKER.flags)
-    WORKER.start_job(c.job_id, c.spec.get("time_limit_s"))
+    ctx = WorkerContext(c, WORKER.device, WORKER.flags)
+    WORKER.start_job(c, c.spec.get("time_limit_s"))
     try:
         ctx.log.info("attempt %s of %s on %s", c.attempt, c.max_attempts, WORKER.name)
         spec = validate_spec(c.kind, c.spec)

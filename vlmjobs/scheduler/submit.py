@@ -13,7 +13,7 @@ from sqlalchemy import select, update
 from vlmjobs.db.models import TERMINAL, Job, JobEvent, State, utcnow
 from vlmjobs.db.session import session
 from vlmjobs.errors import JobNotFound, VlmjobsError
-from vlmjobs.jobs import KINDS
+from vlmjobs.kinds import KINDS
 from vlmjobs.scheduler.app import broker_priority, get_app
 from vlmjobs.specs.common import JobSpec
 

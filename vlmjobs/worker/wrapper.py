@@ -28,7 +28,7 @@ from sqlalchemy import or_, update
 from vlmjobs.db.models import Job, JobEvent, State, utcnow
 from vlmjobs.db.session import session
 from vlmjobs.errors import VlmjobsError
-from vlmjobs.jobs import KINDS, resolve
+from vlmjobs.kinds import KINDS, resolve
 from vlmjobs.scheduler.app import stale_after_s
 from vlmjobs.scheduler.submit import requeue
 from vlmjobs.specs import validate_spec

@@ -11,6 +11,8 @@ config format) for the same two rules.
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -167,3 +169,22 @@ def test_graph_reads_the_real_imports() -> None:
 def test_known_cycles_only_inside_their_package() -> None:
     assert known(frozenset({"vlmjobs.cli.main", "vlmjobs.cli.jobs"}))
     assert not known(frozenset({"vlmjobs.cli.main", "vlmjobs.specs"}))
+
+
+def test_loading_a_train_spec_imports_no_recipe_nor_torch(tmp_path: Path) -> None:
+    """Specs are data: validating one (submit, and the worker before each attempt) reads
+    no data set and imports neither the recipe nor torch; the kind's preflight does that."""
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "config.json").write_text("{}")  # looks local: no preflight skip
+    (tmp_path / "data.jsonl").write_text("not json: reading it would fail\n")
+    code = (
+        "import sys\n"
+        "from vlmjobs.specs import load_spec\n"
+        f"load_spec('train', None, ['model.path={tmp_path / 'model'}', "
+        f"'data.path={tmp_path / 'data.jsonl'}'])\n"
+        "print(sorted(m for m in ('torch', 'peft', 'vlmjobs.jobs.train') if m in sys.modules))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT
+    )
+    assert out.stdout.strip() == "[]"

@@ -67,6 +67,7 @@ def test_missing_job(vlmjobs_env: dict[str, str]) -> None:
 def test_train_spec_keeps_the_reference_and_resolves_it(
     vlmjobs_env: dict[str, str], tmp_path: Path
 ) -> None:
+    from vlmjobs.jobs.train_data import data_path
     from vlmjobs.specs import SpecError, load_spec
 
     data = settings.artifacts_root() / "jobs/1/data"
@@ -75,9 +76,11 @@ def test_train_spec_keeps_the_reference_and_resolves_it(
     job_id = _job("clean", State.succeeded, {"data_dir": "jobs/1/data"})
     model = tmp_path / "model"
     model.mkdir()  # no config.json: the preflight is skipped, the reference is still checked
-    spec = load_spec("train", None, [f"model.path={model}", f"data.path=job:{job_id}"])
+    given = [f"model.path={model}", f"data.path=job:{job_id}"]
+    spec = load_spec("train", None, given, resolve_job_ref=resolve_job_ref)
     assert spec.data.path == f"job:{job_id}"  # stored as written: each host resolves it
-    assert spec.data.resolved() == data
+    assert data_path(spec) == data
     with pytest.raises(SpecError) as err:
-        load_spec("train", None, [f"model.path={model}", "data.path=job:999999"])
+        bad = [f"model.path={model}", "data.path=job:999999"]
+        load_spec("train", None, bad, resolve_job_ref=resolve_job_ref)
     assert err.value.problems[0][0] == "data.path"

@@ -13,12 +13,11 @@ from typing import Any, TypeVar
 import pytest
 import torch
 from PIL import Image, ImageDraw
-from pydantic import ValidationError
 from safetensors.torch import load_file
 
 from vlmjobs.errors import PreflightError
 from vlmjobs.jobs import train_ckpt as ckpt
-from vlmjobs.jobs.train import lr_factor, pieces, plan_memory, run, track_best
+from vlmjobs.jobs.train import lr_factor, pieces, plan_memory, preflight, run, track_best
 from vlmjobs.jobs.train_data import load_data
 from vlmjobs.specs.train import PreflightSpec, TrainSpec
 from vlmjobs.vision.build import make_model
@@ -195,9 +194,9 @@ def test_adapter_dir_checkpoints_and_result(tiny_dir: Path, tmp_path: Path) -> N
 
 def test_preflight_refuses_with_arithmetic_or_adjusts(tiny_dir: Path, tmp_path: Path) -> None:
     data = write_boxes_jsonl(tmp_path / "data", 4)
-    # At submit the spec itself refuses (exit 2 through the CLI), arithmetic included.
-    with pytest.raises(ValidationError, match=r"preflight: estimated peak GPU memory .*\n.*GiB"):
-        make_spec(tiny_dir, data, preflight={"gpu_memory_gib": 0.01})
+    # Submit's preflight refuses (exit 2 through the CLI), arithmetic included.
+    with pytest.raises(PreflightError, match=r"estimated peak GPU memory .*\n.*GiB"):
+        preflight(make_spec(tiny_dir, data, preflight={"gpu_memory_gib": 0.01}))
     ok = make_spec(tiny_dir, data)
     train = load_data(ok).train
     refuse = ok.model_copy(update={"preflight": PreflightSpec(gpu_memory_gib=0.01)})

@@ -96,6 +96,8 @@ def submit(
     wait: bool,
 ) -> None:
     """Validate a KIND job spec (CONFIG.yaml plus --set overrides) and queue it; prints its id."""
+    from vlmjobs.jobs.refs import resolve_job_ref
+    from vlmjobs.kinds import preflight
     from vlmjobs.scheduler.submit import submit as submit_job
     from vlmjobs.specs import load_spec
 
@@ -104,7 +106,8 @@ def submit(
         extra.append(f"name={json.dumps(name)}")
     if priority is not None:
         extra.append(f"priority={priority}")
-    spec = load_spec(kind, config, extra)
+    spec = load_spec(kind, config, extra, resolve_job_ref=resolve_job_ref)
+    preflight(spec)
     job_id = submit_job(spec)
     click.echo(job_id)
     if wait:

@@ -14,7 +14,7 @@ STATES = [s.value for s in State]
 
 def kinds() -> list[str]:
     """The job kinds this installation knows (built-in and VLMJOBS_PLUGINS ones)."""
-    from vlmjobs.jobs import KINDS
+    from vlmjobs.kinds import KINDS
     from vlmjobs.specs import load_plugins
 
     load_plugins()

@@ -58,6 +58,8 @@ def add_cmd(
     overrides: tuple[str, ...],
 ) -> None:
     """Add schedule NAME running a KIND job (CONFIG.yaml plus --set overrides), validated now."""
+    from vlmjobs.jobs.refs import resolve_job_ref
+    from vlmjobs.kinds import preflight
     from vlmjobs.scheduler.schedules import add, check_name, check_when
     from vlmjobs.specs import load_spec
 
@@ -70,7 +72,8 @@ def add_cmd(
             )
     spec = None
     try:
-        spec = load_spec(kind, config, overrides)
+        spec = load_spec(kind, config, overrides, resolve_job_ref=resolve_job_ref)
+        preflight(spec)
     except SpecError as e:
         problems += e.problems
     if problems or spec is None or when is None:

@@ -12,16 +12,12 @@ the artifact root, so every host that mounts the root finds the same files.
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 from vlmjobs import settings
+from vlmjobs.specs.common import JOB_REF, is_job_ref
 
-JOB_REF = re.compile(r"^job:(\d+)$")
-
-
-def is_job_ref(value: str | None) -> bool:
-    return value is not None and JOB_REF.match(value) is not None
+__all__ = ["is_job_ref", "resolve_job_ref"]
 
 
 def resolve_job_ref(ref: str, *, kind: str, key: str, what: str) -> Path:

@@ -54,8 +54,12 @@ from vlmjobs.vision.model import load_model
 
 def run(spec: TrainSpec, ctx: JobContext) -> dict[str, Any]:
     # ---- setup: data and preflight before anything touches the GPU
-    data = load_data(spec)
-    splits = preflight(spec, data, ctx)
+    plan = preflight(spec)
+    data, splits = plan.data, plan.splits
+    if plan.estimate is not None:
+        mbs, gib = math.ceil(spec.micro_batch_size / splits), plan.estimate.total_gib
+        arithmetic = "\n".join(plan.estimate.lines)
+        ctx.event(f"preflight: micro-batch {mbs} -> {gib:.1f} GiB\n{arithmetic}")
     # The worker keeps one resident base model; a differently keyed entry evicts it, so
     # an idle inference model does not sit beside the training one on a 12 GB card.
     ctx.resident("train:no-resident-model", lambda: None)
@@ -167,13 +171,25 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def preflight(spec: TrainSpec, data: TrainData, ctx: JobContext) -> int:
-    """Check the memory plan before loading the model; the micro-batch split it needs."""
+@dataclasses.dataclass
+class Preflight:
+    data: TrainData
+    splits: int  # each micro-batch runs in this many parts to fit the card
+    estimate: MemoryEstimate | None  # None: no local config.json to size the model from
+
+
+def preflight(spec: TrainSpec) -> Preflight:
+    """Fail fast before the model loads: the data reads, its pixel frame matches, memory fits.
+
+    Submit calls it once (a refusal is exit 2 with the arithmetic) and ``run`` once per
+    attempt. The memory plan is skipped for a hub id: no local config to size the model
+    from, and submit must not reach the network.
+    """
+    data = load_data(spec)  # DataError when unreadable or cleaned for another pixel frame
+    if not (Path(spec.model.path).expanduser() / "config.json").is_file():
+        return Preflight(data, 1, None)
     splits, estimate = plan_memory(spec, data.train)
-    arithmetic = "\n".join(estimate.lines)
-    mbs = math.ceil(spec.micro_batch_size / splits)
-    ctx.event(f"preflight: micro-batch {mbs} -> {estimate.total_gib:.1f} GiB\n{arithmetic}")
-    return splits
+    return Preflight(data, splits, estimate)
 
 
 def plan_memory(spec: TrainSpec, train: list[Sample]) -> tuple[int, MemoryEstimate]:

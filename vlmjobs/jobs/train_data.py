@@ -27,6 +27,7 @@ from PIL import Image
 
 from vlmjobs import settings
 from vlmjobs.errors import DataError
+from vlmjobs.jobs.refs import is_job_ref, resolve_job_ref
 from vlmjobs.specs.common import outside_roots
 from vlmjobs.specs.train import TrainSpec
 from vlmjobs.vision.frames import FACTOR, input_size
@@ -180,9 +181,22 @@ class TrainData:
     manifest: Manifest  # carried into the adapter: what infer must do to match training
 
 
+def data_path(spec: TrainSpec) -> Path:
+    """``data.path`` as a local path (``job:ID`` resolved against the artifact root)."""
+    if is_job_ref(spec.data.path):
+        return resolve_job_ref(spec.data.path, kind="clean", key="data_dir", what="data.path")
+    return Path(spec.data.path)
+
+
+def data_dir(spec: TrainSpec) -> Path | None:
+    """Clean's output directory, or None when data.path is a single JSONL file."""
+    path = data_path(spec)
+    return path if path.is_dir() else None
+
+
 def load_data(spec: TrainSpec) -> TrainData:
     """Train/val samples and the manifest, from clean's output dir or one JSONL file."""
-    directory = spec.data_dir()
+    directory = data_dir(spec)
     if directory is not None:
         manifest = read_manifest(directory / "manifest.json")
         check_frame(manifest, spec)
@@ -190,7 +204,7 @@ def load_data(spec: TrainSpec) -> TrainData:
         val_path = Path(spec.data.val_path) if spec.data.val_path else directory / "val.jsonl"
         val = read_samples(val_path, system=manifest.system) if val_path.is_file() else []
     else:
-        path = spec.data.resolved()
+        path = data_path(spec)
         train = read_samples(path, system=spec.data.system)
         if spec.data.val_path:
             val = read_samples(Path(spec.data.val_path).expanduser(), system=spec.data.system)

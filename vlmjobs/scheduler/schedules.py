@@ -35,7 +35,7 @@ from vlmjobs.db.lifecycle import Message
 from vlmjobs.db.models import Job, Output, Schedule, ScheduleEvent, State, utcnow
 from vlmjobs.db.session import session
 from vlmjobs.errors import ScheduleNotFound, VlmjobsError
-from vlmjobs.jobs import KINDS
+from vlmjobs.kinds import KINDS
 from vlmjobs.scheduler.schedule_time import (
     next_cron,
     next_every,

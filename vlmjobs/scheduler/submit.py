@@ -13,7 +13,7 @@ from vlmjobs.db.lifecycle import Message
 from vlmjobs.db.models import Job
 from vlmjobs.db.session import session
 from vlmjobs.errors import VlmjobsError
-from vlmjobs.jobs import KINDS
+from vlmjobs.kinds import KINDS
 from vlmjobs.scheduler.app import broker_priority, get_app
 from vlmjobs.specs.common import JobSpec
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,7 @@ import yaml
 from pydantic import ValidationError
 
 from vlmjobs.errors import SpecError
-from vlmjobs.jobs import KINDS, resolve
+from vlmjobs.kinds import KINDS, resolve
 from vlmjobs.specs import safe_yaml
 from vlmjobs.specs.common import JobSpec
 from vlmjobs.specs.safe_yaml import clip
@@ -27,7 +28,7 @@ MAX_PROBLEMS = 50  # validation problems listed in one error
 
 def load_plugins() -> None:
     """Import the modules named in ``VLMJOBS_PLUGINS`` (comma-separated); each may call
-    ``jobs.register(Kind(...))``. The CLI and every worker do this, so both sides agree on
+    ``kinds.register(Kind(...))``. The CLI and every worker do this, so both sides agree on
     the kinds (the test suite registers test-only kinds this way)."""
     for name in filter(None, (m.strip() for m in os.environ.get("VLMJOBS_PLUGINS", "").split(","))):
         if name not in _plugins_loaded:
@@ -100,14 +101,21 @@ def _field_path(loc: tuple[int | str, ...]) -> str:
     return ".".join(str(p) for p in loc) or "<root>"
 
 
-def validate_spec(kind: str, data: dict[str, Any]) -> JobSpec:
-    """Build the spec of ``kind`` from a mapping; SpecError with every problem at once."""
+def validate_spec(
+    kind: str, data: dict[str, Any], *, resolve_job_ref: Callable[..., Any] | None = None
+) -> JobSpec:
+    """Build the spec of ``kind`` from a mapping; SpecError with every problem at once.
+
+    ``resolve_job_ref``: checks ``job:ID`` references (submit passes the database lookup
+    of jobs/refs.py); without it a reference is only checked for its form.
+    """
     cls = spec_class(kind)
     given = data.get("kind", kind)
     if given != kind:
         raise SpecError([("kind", f"the file says kind {given!r} but you submitted {kind!r}")])
     try:
-        return cls.model_validate({**data, "kind": kind})
+        context = {"resolve_job_ref": resolve_job_ref} if resolve_job_ref else None
+        return cls.model_validate({**data, "kind": kind}, context=context)
     except ValidationError as e:
         problems = [(_field_path(err["loc"]), _message(err)) for err in e.errors()]
         if len(problems) > MAX_PROBLEMS:  # a 10,000-item list of bad values: show a sample
@@ -125,12 +133,19 @@ def _message(err: Any) -> str:
     return msg
 
 
-def load_spec(kind: str, path: Path | None, overrides: list[str] | tuple[str, ...] = ()) -> JobSpec:
+def load_spec(
+    kind: str,
+    path: Path | None,
+    overrides: list[str] | tuple[str, ...] = (),
+    *,
+    resolve_job_ref: Callable[..., Any] | None = None,
+) -> JobSpec:
     """The validated spec of ``kind`` from an optional YAML file and ``--set`` overrides.
 
     Raises SpecError listing every problem: YAML syntax (with line numbers), bad
     ``--set`` syntax, unknown keys, wrong types, missing paths (checked by the
-    kind's validators), each with its dotted field path.
+    kind's validators), each with its dotted field path. The kind's preflight is
+    separate (``kinds.preflight``): it needs a valid spec.
     """
     problems: list[tuple[str, str]] = []
     data: dict[str, Any] = {}
@@ -142,4 +157,4 @@ def load_spec(kind: str, path: Path | None, overrides: list[str] | tuple[str, ..
             problems.append((override.partition("=")[0] or "--set", err))
     if problems:
         raise SpecError(problems)
-    return validate_spec(kind, data)
+    return validate_spec(kind, data, resolve_job_ref=resolve_job_ref)

@@ -8,12 +8,16 @@ an error at submit time, never a silently ignored setting.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from vlmjobs import settings
+
+# ``job:42``: another job's output as this job's input (resolved in jobs/refs.py).
+JOB_REF = re.compile(r"^job:(\d+)$")
 
 # Qwen2.5-VL sees images in 28x28 pixel patches (14 px patch, 2x2 merge).
 PATCH = 28
@@ -52,6 +56,22 @@ class JobSpec(Strict):
     queue: str | None = Field(None, description="override the kind's default queue (cpu | gpu)")
     max_attempts: int = Field(3, ge=1, le=100, description="runs before a job is failed for good")
     time_limit_s: int | None = Field(None, ge=1, description="hard wall-clock limit of one attempt")
+
+
+def is_job_ref(value: str | None) -> bool:
+    return value is not None and JOB_REF.match(value) is not None
+
+
+def check_job_ref(ref: str, info: ValidationInfo, *, kind: str, key: str, what: str) -> None:
+    """Check ``ref`` with the resolver the caller put in the validation context, if any.
+
+    Specs stay data: submit passes the database lookup (``resolve_job_ref`` in the
+    context) so a dangling reference is reported with every other error; the worker
+    passes none, and the recipe resolves the reference where it uses it.
+    """
+    resolve = (info.context or {}).get("resolve_job_ref")
+    if resolve is not None:
+        resolve(ref, kind=kind, key=key, what=what)
 
 
 def existing_path(value: str | Path, what: str) -> Path:

@@ -13,10 +13,9 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, ValidationInfo, field_validator
 
-from vlmjobs.jobs.refs import is_job_ref, resolve_job_ref
-from vlmjobs.specs.common import JobSpec, existing_path
+from vlmjobs.specs.common import JobSpec, check_job_ref, existing_path, is_job_ref
 from vlmjobs.specs.infer import InferModelSpec
 
 
@@ -48,9 +47,9 @@ class EvalSpec(JobSpec):
 
     @field_validator("data")
     @classmethod
-    def _data_exists(cls, value: str) -> str:
+    def _data_exists(cls, value: str, info: ValidationInfo) -> str:
         if is_job_ref(value):
-            resolve_job_ref(value, kind="clean", key="data_dir", what="data")
+            check_job_ref(value, info, kind="clean", key="data_dir", what="data")
             return value
         return str(existing_path(value, "ground-truth file (or write a clean job as 'job:12')"))
 

@@ -17,8 +17,7 @@ from typing import Any, Literal
 
 from pydantic import ConfigDict, Field, field_validator, model_validator
 
-from vlmjobs.jobs.refs import is_job_ref
-from vlmjobs.specs.common import PATCH, JobSpec, ModelSpec, Strict, existing_path
+from vlmjobs.specs.common import PATCH, JobSpec, ModelSpec, Strict, existing_path, is_job_ref
 from vlmjobs.vision.tasks import parser_for
 
 

@@ -7,13 +7,18 @@ a bad value is exit 2 with the field named, never a failed GPU hour.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
-from vlmjobs.jobs.refs import is_job_ref, resolve_job_ref
-from vlmjobs.specs.common import JobSpec, ModelSpec, Strict, existing_path
+from vlmjobs.specs.common import (
+    JobSpec,
+    ModelSpec,
+    Strict,
+    check_job_ref,
+    existing_path,
+    is_job_ref,
+)
 
 # Leaf module names of Qwen2.5-VL's linear layers (transformers 5), by where they live.
 LANGUAGE_MODULES = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
@@ -70,9 +75,9 @@ class DataSpec(Strict):
 
     @field_validator("path")
     @classmethod
-    def _data_exists(cls, value: str) -> str:
+    def _data_exists(cls, value: str, info: ValidationInfo) -> str:
         if is_job_ref(value):  # a clean job's output, resolved where it is used
-            resolve_job_ref(value, kind="clean", key="data_dir", what="data.path")
+            check_job_ref(value, info, kind="clean", key="data_dir", what="data.path")
             return value
         return str(existing_path(value, "data file or directory"))
 
@@ -80,12 +85,6 @@ class DataSpec(Strict):
     @classmethod
     def _val_exists(cls, value: str | None) -> str | None:
         return None if value is None else str(existing_path(value, "validation file"))
-
-    def resolved(self) -> Path:
-        """``path`` as a local path (``job:ID`` resolved against the artifact root)."""
-        if is_job_ref(self.path):
-            return resolve_job_ref(self.path, kind="clean", key="data_dir", what="data.path")
-        return Path(self.path)
 
 
 class LoraSpec(Strict):
@@ -259,39 +258,3 @@ class TrainSpec(JobSpec):
                 f"{self.micro_batch_size}: lower it"
             )
         return self
-
-    @model_validator(mode="after")
-    def _preflight(self) -> TrainSpec:
-        """At submit: the data's pixel frame must match, and the memory plan must fit.
-
-        Skipped for a hub id (no local config to size the model from) and for data that
-        cannot be read yet; the worker runs the same checks before loading the model.
-        """
-        if not (Path(self.model.path).expanduser() / "config.json").is_file():
-            return self
-        from vlmjobs.errors import DataError, PreflightError
-        from vlmjobs.jobs.train import plan_memory
-        from vlmjobs.jobs.train_data import check_frame, load_data, read_manifest
-
-        directory = self.data_dir()
-        if directory is not None and (directory / "manifest.json").is_file():
-            try:
-                check_frame(read_manifest(directory / "manifest.json"), self)
-            except DataError as error:
-                raise ValueError(str(error)) from None
-        if self.preflight.on_exceed != "refuse":
-            return self
-        try:
-            train = load_data(self).train
-        except DataError:
-            return self
-        try:
-            plan_memory(self, train)
-        except PreflightError as error:
-            raise ValueError(f"preflight: {error}") from None
-        return self
-
-    def data_dir(self) -> Path | None:
-        """Clean's output directory, or None when data.path is a single JSONL file."""
-        path = self.data.resolved()
-        return path if path.is_dir() else None

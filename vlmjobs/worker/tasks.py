@@ -6,7 +6,7 @@ from typing import Any
 
 from celery import Celery, signals
 
-from vlmjobs.jobs import KINDS
+from vlmjobs.kinds import KINDS
 from vlmjobs.worker.process import WORKER
 
 

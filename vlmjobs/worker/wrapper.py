@@ -30,7 +30,7 @@ from vlmjobs.db import lifecycle
 from vlmjobs.db.lifecycle import Lease
 from vlmjobs.db.models import State
 from vlmjobs.errors import JobNotFound, LostOwnership, VlmjobsError
-from vlmjobs.jobs import KINDS, resolve
+from vlmjobs.kinds import KINDS, resolve
 from vlmjobs.scheduler.app import stale_after_s
 from vlmjobs.scheduler.submit import dispatch
 from vlmjobs.specs import validate_spec

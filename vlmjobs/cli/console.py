@@ -51,8 +51,8 @@ def print_table(head: Sequence[str], rows: Sequence[Sequence[str]], state_col: i
     if not out.is_terminal:
         table = [list(head)] + [list(r) for r in rows]
         widths = [max(len(r[i]) for r in table) for i in range(len(head))]
-        for r in table:
-            click.echo("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
+        for line in table:
+            click.echo("  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip())
         return
     t = Table(header_style="bold", box=None, pad_edge=False)
     for name in head:

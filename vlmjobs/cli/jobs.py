@@ -166,7 +166,7 @@ TABLE_HEAD = ("ID", "KIND", "NAME", "STATE", "PROGRESS", "METRICS", "WORKER/GPU"
 
 
 def _rows(jobs: list[Job], metrics: dict[int, str]) -> list[tuple[str, ...]]:
-    rows = []
+    rows: list[tuple[str, ...]] = []
     for j in jobs:
         where = (j.worker or "-").split("@")[0] + (f"/{j.gpu}" if j.gpu else "")
         progress = f"{j.progress_done}/{j.progress_total}" if j.progress_total else "-"

@@ -114,9 +114,13 @@ class Checked:
         self.page.goto(url, wait_until="networkidle")
         return self.page
 
-    def shot(self, name: str) -> None:
+    def shot(self, name: str, whole: bool = False) -> None:
+        """A PNG of the viewport, or of the whole page (grown from a short viewport)."""
+        if whole:
+            self.page.set_viewport_size({"width": 1200, "height": 320})
         for folder in self.shots:
-            self.page.screenshot(path=str(folder / f"dashboard-{name}.png"), full_page=False)
+            self.page.screenshot(path=str(folder / f"dashboard-{name}.png"), full_page=whole)
+        self.page.set_viewport_size({"width": 1200, "height": 760})
 
 
 def _submit(vlmjobs_cli: Any, *args: str) -> int:
@@ -184,6 +188,8 @@ def test_every_page_in_a_real_browser(
         wait_for_state(ids[name], "succeeded", timeout=120)
     wait_for_state(ids["failed"], "failed", timeout=30)
     wait_for_state(ids["long"], "running", timeout=30)
+    run = vlmjobs_cli("schedule", "run-now", "nightly")  # queued behind the long job
+    assert run.exit_code == 0, run.stderr
 
     shots = [tmp_path]
     if os.environ.get("VLMJOBS_SCREENSHOTS"):
@@ -201,7 +207,7 @@ def test_every_page_in_a_real_browser(
         arg=[long_row, before],
         timeout=10_000,
     )
-    view.shot("jobs")
+    view.shot("jobs", whole=True)
 
     # A train job's page: its curves from the metrics table, checkpoints, result, events, log.
     page = view.goto(f"{dashboard}/jobs/{ids['train']}")
@@ -235,11 +241,12 @@ def test_every_page_in_a_real_browser(
 
     page = view.goto(dashboard + "/workers")
     assert f"cpu.{worker.pid}@" in page.inner_text("table") and "CPU" in page.inner_text("table")
-    view.shot("workers")
+    view.shot("workers", whole=True)
     page = view.goto(dashboard + "/schedules")
     row = page.inner_text("table tbody tr")
     assert "nightly" in row and "every 3600s" in row and "(in 59m)" in row
-    view.shot("schedules")
+    assert f"{int(run.stdout)} queued" in row and "(1 runs, 0 skipped)" in row
+    view.shot("schedules", whole=True)
 
     # Actions need the token: a wrong one is refused, the right one cancels.
     request = urllib.request.Request(

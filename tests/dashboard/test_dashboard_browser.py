@@ -11,18 +11,14 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
-import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
-from conftest import free_port
 from PIL import Image, ImageDraw
 
 from vlmjobs.vision.build import make_model
@@ -48,31 +44,8 @@ pytestmark = [
 
 
 @pytest.fixture
-def db_url(sqlite_url: str) -> str:
-    return sqlite_url  # the pages read through the same queries on both backends
-
-
-@pytest.fixture
-def dashboard(vlmjobs_env: dict[str, str], tmp_path: Path) -> Iterator[str]:
-    """A `vlmjobs dashboard` process with a token; its base URL."""
-    port = free_port()
-    env = {**vlmjobs_env, "VLMJOBS_DASHBOARD_TOKEN": TOKEN}
-    argv = [sys.executable, "-c", "from vlmjobs.cli.main import cli; cli()", "dashboard"]
-    log = open(tmp_path / "dashboard.log", "wb")  # noqa: SIM115
-    proc = subprocess.Popen([*argv, "--port", str(port)], env=env, stdout=log, stderr=log)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            urllib.request.urlopen(url + "/workers", timeout=2)
-            break
-        except OSError:
-            assert proc.poll() is None, (tmp_path / "dashboard.log").read_text()
-            assert time.monotonic() < deadline, "the dashboard did not answer within 30 s"
-            time.sleep(0.2)
-    yield url
-    proc.terminate()
-    proc.wait(10)
+def dashboard(start_dashboard: Callable[..., str]) -> str:
+    return start_dashboard(token=TOKEN)
 
 
 @pytest.fixture

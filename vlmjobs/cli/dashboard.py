@@ -49,7 +49,12 @@ def dashboard(host: str, port: int | None) -> None:
     from vlmjobs.dashboard.app import create_app
     from vlmjobs.db.session import ensure_schema
 
-    port = port or dashboard_port()
+    if port is None:
+        try:
+            port = dashboard_port()
+        except VlmjobsError as e:
+            click.echo(f"error: {e}", err=True)
+            raise SystemExit(2) from None
     if not port_free(host, port):
         click.echo(
             f"error: {host}:{port} is in use: pass --port or stop what listens there", err=True

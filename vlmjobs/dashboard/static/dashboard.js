@@ -19,8 +19,21 @@
     }, every);
   }
 
+  // An overlay whose source moved or was deleted: say so instead of a broken image.
+  function fallback(img) {
+    var note = document.createElement("div");
+    note.className = "noimage";
+    note.textContent = img.getAttribute("data-fallback");
+    img.replaceWith(note);
+  }
+
   document.addEventListener("DOMContentLoaded", function () {
     var els = document.querySelectorAll("[data-poll]");
     for (var i = 0; i < els.length; i++) { poll(els[i]); }
+    var imgs = document.querySelectorAll("img[data-fallback]");
+    for (var j = 0; j < imgs.length; j++) {
+      if (imgs[j].complete && imgs[j].naturalWidth === 0) { fallback(imgs[j]); }
+      else { imgs[j].addEventListener("error", fallback.bind(null, imgs[j])); }
+    }
   });
 })();

@@ -49,6 +49,7 @@ def _state(job_id: int) -> str:
         pytest.param(
             "/jobs/1/gallery?page=x", 400, "page &#39;x&#39; is not a number", id="bad-page"
         ),
+        pytest.param("/?state=done", 400, "state &#39;done&#39; is not one of", id="bad-state"),
         pytest.param("/nope", 404, "Not Found", id="unknown-page"),
     ],
 )

@@ -65,6 +65,13 @@ def job_list(limit: int = 50, state: str | None = None) -> list[dict[str, Any]]:
         return [_job_row(j, headline_metrics(s, jobs)) for j in jobs]
 
 
+def job_row(job_id: int) -> dict[str, Any] | None:
+    """One job's list row (state, progress, headline metrics), or None."""
+    with session() as s:
+        job = s.get(Job, job_id)
+        return None if job is None else _job_row(job, headline_metrics(s, [job]))
+
+
 def job_page(job_id: int) -> dict[str, Any] | None:
     """One job: its row, result lines, events, checkpoints, metric series, log tail."""
     from vlmjobs.worker.context import workdir_for

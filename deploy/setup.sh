@@ -6,8 +6,11 @@ cd "$(dirname "$0")/.."
 
 need_apt=()
 command -v redis-server >/dev/null || need_apt+=(redis-server)
-if [[ "${1:-}" == "--with-postgres" ]] && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
-  need_apt+=(postgresql)
+# --with-postgres: what the test suite needs beyond the product: PostgreSQL, and Chromium
+# for the dashboard's browser test.
+if [[ "${1:-}" == "--with-postgres" ]]; then
+  ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need_apt+=(postgresql)
+  [[ -x /usr/bin/chromium ]] || need_apt+=(chromium)
 fi
 if ((${#need_apt[@]})); then
   if [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null; then

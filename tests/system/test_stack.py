@@ -6,6 +6,8 @@ import os
 import socket
 import subprocess
 import sys
+import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -25,6 +27,19 @@ def _vlmjobs(env: dict[str, str], *args: str, timeout: float = 120) -> subproces
     return subprocess.run(argv, env=env, capture_output=True, text=True, timeout=timeout)
 
 
+def _get(url: str, timeout: float) -> str:
+    """The page at ``url``, retried while the server is still starting."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=5) as response:
+                return response.read().decode()
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.3)
+
+
 def test_up_submit_down(tmp_path: Path) -> None:
     home = tmp_path / "home"
     env = {
@@ -33,6 +48,7 @@ def test_up_submit_down(tmp_path: Path) -> None:
         "VLMJOBS_BROKER_URL": f"redis://127.0.0.1:{free_port()}/0",
         "VLMJOBS_PLUGINS": "vlmjobs_testkinds",
         "VLMJOBS_RECONCILE_S": "1",  # so beat sends its periodic reconcile during the test
+        "VLMJOBS_DASHBOARD_PORT": str(dashboard_port := free_port()),
         "PYTHONPATH": str(PLUGIN_DIR),
     }
     env.pop("VLMJOBS_DB_URL", None)
@@ -53,9 +69,13 @@ def test_up_submit_down(tmp_path: Path) -> None:
         assert '"state": "succeeded"' in status.stdout
         beat_log = (home / "run" / "beat.log").read_text()
         assert "beat: Starting" in beat_log  # beat is up (it fires the database schedules)
+        assert f"dashboard: http://127.0.0.1:{dashboard_port}/" in up.stdout
+        page = _get(f"http://127.0.0.1:{dashboard_port}/", timeout=30)
+        assert f'<tr data-job="{done.stdout.strip()}">' in page  # the job, from the same DB
     finally:
         down = _vlmjobs(env, "down")
     assert down.returncode == 0
     assert "worker: stopped" in down.stdout and "redis: stopped" in down.stdout
+    assert "dashboard: stopped" in down.stdout
     assert not list((home / "run").glob("*.pid"))
     assert "nothing to stop" in _vlmjobs(env, "down").stdout

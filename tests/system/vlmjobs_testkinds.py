@@ -95,3 +95,37 @@ register(Kind("noop", "vlmjobs_testkinds:NoopSpec", "vlmjobs_testkinds:run_noop"
 
 class NoopSpec(JobSpec):
     kind: Literal["noop"] = "noop"
+
+
+class ReplaySpec(JobSpec):
+    """Replays a regions.jsonl (make-shapes' ground truth) as if a model had predicted it:
+    an infer-like job with real image files and boxes, for UI tests, without a model."""
+
+    kind: Literal["replay"] = "replay"
+    regions_file: str
+    sleep_s: float = Field(0.0, ge=0)
+
+
+def run_replay(spec: ReplaySpec, ctx: JobContext) -> dict[str, Any]:
+    import json
+    from pathlib import Path
+
+    path = Path(spec.regions_file)
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    for i, row in enumerate(rows):
+        time.sleep(spec.sleep_s)
+        regions = [
+            RegionRecord(*r["bbox"], r["phrase"], score=round(0.5 + 0.45 * ((i + j) % 5) / 4, 2))
+            for j, r in enumerate(row["regions"])
+        ]
+        source = str(path.parent / row["image"])
+        record = OutputRecord(
+            f"replay-{i:05d}", source, "ok", parse_status="ok", regions=regions,
+            image_w=row["width"], image_h=row["height"],
+        )  # fmt: skip
+        ctx.save_outputs([record])
+        ctx.progress(i + 1, len(rows))
+    return {"images": len(rows)}
+
+
+register(Kind("replay", "vlmjobs_testkinds:ReplaySpec", "vlmjobs_testkinds:run_replay", "cpu"))

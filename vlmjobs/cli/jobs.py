@@ -17,11 +17,14 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import click
+from rich.markup import escape
 from sqlalchemy import desc, select
 
 from vlmjobs import settings
+from vlmjobs.cli.console import styled_state
+from vlmjobs.cli.view import age, duration, headline_metrics, indent_message, result_lines
 from vlmjobs.db import lifecycle
-from vlmjobs.db.models import TERMINAL, Job, JobEvent, Metric, utcnow
+from vlmjobs.db.models import TERMINAL, Job, JobEvent
 from vlmjobs.db.session import mask_url, session
 from vlmjobs.errors import ConfigError, JobNotFound, SpecError, VlmjobsError
 
@@ -116,58 +119,52 @@ def submit(
 
 
 def follow(job_id: int, interval: float = 0.5) -> str:
-    """Show a progress bar on stderr until the job ends; its end state."""
-    shown = -1
-    while True:
-        with session() as s:
-            job = lifecycle.get(s, job_id)
-        line = f"job {job_id} {job.state:<9} {_bar(job.progress_done, job.progress_total)}"
-        if job.progress_done != shown or job.state in TERMINAL:
-            click.echo("\r" + line, nl=False, err=True)
-            shown = job.progress_done
-        if job.state in TERMINAL:
-            click.echo("", err=True)
-            if job.error:
-                click.echo(f"error: {job.error}", err=True)
-            return job.state
-        time.sleep(interval)
+    """Show the job's progress on stderr until it ends (a rich bar on a terminal, a plain
+    line every few seconds otherwise); its end state."""
+    from vlmjobs.cli.console import PlainProgress, console, terminal_progress
+
+    label = f"job {job_id}"
+    if not console(err=True).is_terminal:
+        plain = PlainProgress(label)
+        while True:
+            job = _get(job_id)
+            plain.update(job.progress_done, job.progress_total, job.state, job.state in TERMINAL)
+            if job.state in TERMINAL:
+                return _ended(job)
+            time.sleep(interval)
+    with terminal_progress(label) as bar:
+        task = bar.add_task(label, total=None)
+        while True:
+            job = _get(job_id)
+            bar.update(
+                task,
+                completed=job.progress_done,
+                total=job.progress_total,
+                description=f"{label} {job.state}",
+            )
+            if job.state in TERMINAL:
+                break
+            time.sleep(interval)
+    return _ended(job)
+
+
+def _get(job_id: int) -> Job:
+    with session() as s:
+        return lifecycle.get(s, job_id)
+
+
+def _ended(job: Job) -> str:
+    if job.error:
+        click.echo(f"error: {job.error}", err=True)
+    return job.state
 
 
 def _bar(done: int, total: int | None, width: int = 24) -> str:
     if not total:
         return f"{done}" if done else ""
     filled = int(width * min(done, total) / total)
-    return f"[{'#' * filled}{'.' * (width - filled)}] {done}/{total}"
-
-
-def _age(t: datetime | None) -> str:
-    if t is None:
-        return "-"
-    s = max(0, int((utcnow() - t).total_seconds()))
-    if s < 120:
-        return f"{s}s"
-    if s < 7200:
-        return f"{s // 60}m"
-    return f"{s // 3600}h" if s < 172800 else f"{s // 86400}d"
-
-
-def _duration(job: Job) -> str:
-    if job.started_at is None:
-        return "-"
-    end = job.finished_at or utcnow()
-    s = max(0, int((end - job.started_at).total_seconds()))
-    return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
-
-
-def _last_metrics(s: Any, ids: list[int]) -> dict[int, str]:
-    out: dict[int, str] = {}
-    for job_id in ids:
-        m = s.scalars(
-            select(Metric).where(Metric.job_id == job_id).order_by(desc(Metric.id)).limit(1)
-        ).first()
-        if m is not None:
-            out[job_id] = f"{m.name}={m.value:.4g}" + (f"@{m.step}" if m.step is not None else "")
-    return out
+    pct = 100 * min(done, total) / total
+    return f"[{'#' * filled}{'.' * (width - filled)}] {done}/{total} ({pct:.0f}%)"
 
 
 def job_dict(job: Job) -> dict[str, Any]:
@@ -176,46 +173,47 @@ def job_dict(job: Job) -> dict[str, Any]:
     return {k: v.isoformat() if isinstance(v, datetime) else v for k, v in d.items()}
 
 
-def _table(jobs: list[Job], metrics: dict[int, str]) -> str:
-    head = ("ID", "KIND", "NAME", "STATE", "PROGRESS", "LAST METRIC", "WORKER/GPU", "AGE", "TIME")
-    rows = [head]
+TABLE_HEAD = ("ID", "KIND", "NAME", "STATE", "PROGRESS", "METRICS", "WORKER/GPU", "AGE", "TIME")
+
+
+def _rows(jobs: list[Job], metrics: dict[int, str]) -> list[tuple[str, ...]]:
+    rows: list[tuple[str, ...]] = []
     for j in jobs:
         where = (j.worker or "-").split("@")[0] + (f"/{j.gpu}" if j.gpu else "")
         progress = f"{j.progress_done}/{j.progress_total}" if j.progress_total else "-"
+        name = (j.name or "-")[:24]
+        metric = metrics.get(j.id, "-")
         rows.append(
-            (
-                str(j.id),
-                j.kind,
-                (j.name or "-")[:24],
-                j.state,
-                progress,
-                metrics.get(j.id, "-"),
-                where,
-                _age(j.created_at),
-                _duration(j),
-            )
+            (str(j.id), j.kind, name, j.state, progress, metric, where, age(j.created_at))
+            + (duration(j),)
         )
-    widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows)
+    return rows
 
 
 def _detail(job: Job, events: list[JobEvent], metric: str, more: list[str] | None = None) -> str:
+    """One job as a block of rich markup (plain text off a terminal)."""
+    e = escape
     lines = [
-        f"job {job.id}  {job.kind}  {job.name or ''}".rstrip(),
-        f"  state     {job.state}  (attempt {job.attempts} of {job.max_attempts})",
-        f"  progress  {_bar(job.progress_done, job.progress_total) or '-'}",
-        f"  worker    {job.worker or '-'}" + (f"  gpu {job.gpu}" if job.gpu else ""),
+        f"[bold]job {job.id}[/]  {job.kind}  {e(job.name or '')}".rstrip(),
+        f"  state     {styled_state(job.state)}  (attempt {job.attempts} of {job.max_attempts})",
+        f"  progress  {e(_bar(job.progress_done, job.progress_total) or '-')}",
+        f"  worker    {e(job.worker or '-')}" + (f"  gpu {e(job.gpu)}" if job.gpu else ""),
         f"  queue     {job.queue}  priority {job.priority}",
-        f"  age       {_age(job.created_at)}  running time {_duration(job)}",
-        f"  metric    {metric}",
-        *(more or []),  # kind-specific lines (infer: images/s, parse rate, ETA)
+        f"  age       {age(job.created_at)}  running time {duration(job)}",
+        f"  metrics   {e(metric)}",
+        *(e(m) for m in more or []),  # kind-specific lines (infer: images/s, parse rate, ETA)
     ]
     if job.result:
-        lines.append(f"  result    {json.dumps(job.result)}")
+        lines.append("  result")
+        lines += [e(x) for x in result_lines(job.result, indent=4)]
     if job.error:
-        lines.append(f"  error     {job.error}")
+        lines.append(f"  error     [red]{e(job.error)}[/]")
     lines.append("  events:")
-    lines += [f"    {e.time:%H:%M:%S} {e.level:<7} {e.message}" for e in events]
+    for ev in events:
+        style = {"error": "red", "warning": "yellow"}.get(ev.level, "")
+        prefix = f"    {ev.time:%H:%M:%S} {ev.level:<7} "
+        for line in indent_message(ev.message, prefix):
+            lines.append(f"[{style}]{e(line)}[/]" if style else e(line))
     return "\n".join(lines)
 
 
@@ -226,8 +224,9 @@ def _render(
     limit: int,
     as_json: bool,
     schedule_id: int | None = None,
-) -> tuple[str, bool]:
-    """The text to show and whether everything shown has ended."""
+) -> tuple[str | list[tuple[str, ...]], bool]:
+    """What to show (JSON or markup text; table rows for the list) and whether everything
+    shown has ended."""
     with session() as s:
         if job_id is not None:
             job = lifecycle.get(s, job_id)
@@ -247,7 +246,7 @@ def _render(
                 from vlmjobs.cli.results import throughput_line
 
                 more.append(throughput_line(s, job))
-            metric = _last_metrics(s, [job_id]).get(job_id, "-")
+            metric = headline_metrics(s, [job]).get(job_id, "-")
             return _detail(job, events[-15:], metric, more), job.state in TERMINAL
         q = select(Job).order_by(desc(Job.id)).limit(limit)
         q = q.where(Job.kind == kind) if kind else q
@@ -256,7 +255,7 @@ def _render(
         jobs = list(s.scalars(q))
         if as_json:
             return json.dumps([job_dict(j) for j in jobs], indent=2), True
-        return _table(jobs, _last_metrics(s, [j.id for j in jobs])), False
+        return _rows(jobs, headline_metrics(s, jobs)), False
 
 
 @cli.command()
@@ -281,11 +280,18 @@ def status(
     from vlmjobs.scheduler.schedules import schedule_id
 
     sid = schedule_id(schedule_name) if schedule_name is not None else None
+    from vlmjobs.cli.console import console, print_table
+
     while True:
-        text, ended = _render(job_id, kind, state, limit, as_json, sid)
+        shown, ended = _render(job_id, kind, state, limit, as_json, sid)
         if watch:
-            click.clear()
-        click.echo(text)
+            click.clear()  # a no-op off a terminal: a log gets one snapshot after another
+        if as_json:
+            click.echo(shown)
+        elif isinstance(shown, str):
+            console().print(shown)
+        else:
+            print_table(TABLE_HEAD, shown, state_col=TABLE_HEAD.index("STATE"))
         if not watch or ended:
             return
         time.sleep(1.0)

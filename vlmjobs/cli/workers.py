@@ -13,8 +13,10 @@ from typing import Any
 import click
 from sqlalchemy import select
 
+from vlmjobs.cli.console import print_table
 from vlmjobs.cli.jobs import friendly_errors
 from vlmjobs.cli.main import cli
+from vlmjobs.cli.view import age
 from vlmjobs.db.models import Worker, utcnow
 from vlmjobs.db.session import session
 
@@ -38,16 +40,7 @@ def workers(show_all: bool, as_json: bool) -> None:
     elif not rows:
         click.echo("no live workers: start one with `vlmjobs worker` or `vlmjobs up`")
     else:
-        click.echo(_workers_table(rows))
-
-
-def _age(t: datetime) -> str:
-    # The same units as `status` (cli/jobs.py); not imported: cli.jobs imports this module's
-    # parent group first, so its helpers below that line do not exist yet at import time.
-    s = max(0, int((utcnow() - t).total_seconds()))
-    if s < 120:
-        return f"{s}s"
-    return f"{s // 60}m" if s < 7200 else f"{s // 3600}h"
+        print_table(WORKERS_HEAD, _workers_rows(rows))
 
 
 def _worker_dict(w: Worker, cutoff: datetime) -> dict[str, Any]:
@@ -67,9 +60,11 @@ def gpu_mem_text(allocated: int | None, reserved: int | None, total: int | None)
     return f"{allocated}/{reserved}" + (f" of {total}" if total else "") + " MiB"
 
 
-def _workers_table(rows: list[Worker]) -> str:
-    head = ("WORKER", "HOST", "GPU", "QUEUES", "JOB", "GPU MEM (alloc/resv)", "HEARTBEAT")
-    body = [
+WORKERS_HEAD = ("WORKER", "HOST", "GPU", "QUEUES", "JOB", "GPU MEM (alloc/resv)", "HEARTBEAT")
+
+
+def _workers_rows(rows: list[Worker]) -> list[tuple[str, ...]]:
+    return [
         (
             w.name,
             w.host,
@@ -77,12 +72,7 @@ def _workers_table(rows: list[Worker]) -> str:
             w.queues,
             str(w.current_job_id or "-"),
             gpu_mem_text(w.gpu_mem_allocated_mb, w.gpu_mem_reserved_mb, w.gpu_mem_total_mb),
-            f"{_age(w.heartbeat_at)} ago",
+            f"{age(w.heartbeat_at)} ago",
         )
         for w in rows
     ]
-    widths = [max(len(r[i]) for r in [head, *body]) for i in range(len(head))]
-    return "\n".join(
-        "  ".join(c.ljust(n) for c, n in zip(r, widths, strict=True)).rstrip()
-        for r in [head, *body]
-    )

@@ -1,0 +1,1 @@
+"""The web dashboard (`vlmjobs dashboard`): jobs, curves, overlays, workers, schedules."""

@@ -17,6 +17,7 @@ def cli() -> None:
 from vlmjobs.cli import (  # noqa: E402, F401
     dev,
     jobs,
+    metrics,
     parse,
     results,
     schedule,

@@ -25,6 +25,7 @@ from vlmjobs.cli.results import (
     to_labelstudio,
     write_csv,
 )
+from vlmjobs.render import MIN_SIDE
 
 
 def outputs_for(a: str, b: str) -> list[dict]:
@@ -130,7 +131,9 @@ def sources(tmp_path: Path) -> tuple[str, str]:
 
 def test_render_rereads_files_and_archive_members(tmp_path: Path, sources: tuple) -> None:
     written = render(outputs_for(*sources), tmp_path / "out", limit=None)
-    assert [Image.open(p).size for p in written] == [(200, 100), (50, 40)]
+    # Each source's own pixels, enlarged to a legible size (render.MIN_SIDE), legend below.
+    widths = [Image.open(p).width for p in written]
+    assert widths == [round(200 * MIN_SIDE / 100), round(50 * MIN_SIDE / 40)]
     assert render(outputs_for(*sources), tmp_path / "one", limit=1)[0].name.startswith("00000_")
     assert len(list((tmp_path / "one").iterdir())) == 1
 

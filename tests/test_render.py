@@ -69,6 +69,12 @@ def test_overlay_draws_boxes_tags_and_a_legend() -> None:
     colours = {c for _, c in strip.getcolors(10_000)}
     assert {colour_of("a red square"), colour_of("a blue bar")} <= colours
 
+    def first_row(colour: tuple) -> int:
+        return min(y for y in range(strip.height) if strip.getpixel((15, y)) == colour)
+
+    # Highest score first: the blue bar (0.9) is listed above the red square (0.5).
+    assert first_row(colour_of("a blue bar")) < first_row(colour_of("a red square"))
+
 
 def test_clean_panel_marks_dropped_regions_red() -> None:
     image = Image.new("RGB", (100, 100), WHITE)

@@ -143,7 +143,8 @@ def stack(top: Image.Image, bottom: Image.Image) -> Image.Image:
 def draw_regions(image: Image.Image, regions: list[dict[str, Any]]) -> Image.Image:
     """An infer overlay: boxes with label tags, and a legend of the regions by score."""
     drawn, _ = draw_boxes(image, regions)
-    ranked = sorted(regions, key=lambda r: -(r.get("score") if r.get("score") is not None else -1))
+    # Highest score first; regions without a score last.
+    ranked = sorted(regions, key=lambda r: (r.get("score") is None, -float(r.get("score") or 0.0)))
     scores = [r["score"] for r in regions if r.get("score") is not None]
     span = f", scores {min(scores):.2f}-{max(scores):.2f}" if scores else ""
     rows = [(colour_of(r["phrase"]), _label(r)) for r in ranked]

@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +49,9 @@ class Trackers:
     ``folder/mlruns`` (``mlflow ui --backend-store-uri folder/mlruns``).
     """
 
-    def __init__(self, names: list[str], folder: Path, run_name: str, config: dict[str, Any]):
+    def __init__(
+        self, names: Sequence[str], folder: Path, run_name: str, config: dict[str, Any]
+    ) -> None:
         self._tb: Any = None
         self._wandb: Any = None
         self._mlflow: Any = None

@@ -68,9 +68,9 @@ def score_outputs(outputs: Iterable[dict[str, Any]], truth: Path) -> ShapesScore
         raise ValueError(f"no output of the job is an image of {truth}: wrong job or data set?")
     counts, ious, parsed = RegionCounts(), [], 0
     for source, regions in gold.items():
-        out = seen.get(source)
-        if out is None:
+        if source not in seen:
             continue  # not in this job (a limit, another folder): not scored
+        out = seen[source]
         gold_boxes = np.array([r["bbox"] for r in regions], dtype=float).reshape(-1, 4)
         gold_phrases = [r["phrase"] for r in regions]
         parsed += out["status"] == "ok" and out["parse_status"] == "ok"

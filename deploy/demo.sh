@@ -1,24 +1,34 @@
 #!/usr/bin/env bash
-# The whole flow on embedded defaults, CPU only, in a few minutes:
-#   make a tiny Qwen2.5-VL + a synthetic shapes data set -> `vlmjobs up` (Redis, SQLite,
-#   one worker, beat) -> clean -> train (QLoRA) -> infer with the trained adapter ->
-#   results (COCO) and overlays -> `vlmjobs down`.
+# The whole flow on a model that learns to draw boxes, CPU only, in about ten minutes:
+#   pre-train a small Qwen2.5-VL on synthetic shapes (`dev make-model --arch demo`) ->
+#   `vlmjobs up` (Redis, SQLite, one worker, beat) -> clean -> train (LoRA on top) ->
+#   infer on held-out shapes with the trained adapter -> score, overlays, loss curves ->
+#   `vlmjobs down`.
 # Everything lands under ./demo (state in demo/home). Usage: bash deploy/demo.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
+started=$SECONDS
 bash deploy/setup.sh
 
 export VLMJOBS_HOME="$PWD/demo/home"
 # A port of its own, so the demo never touches a Redis the user already runs on 6379.
 export VLMJOBS_BROKER_URL="${VLMJOBS_BROKER_URL:-redis://127.0.0.1:6391/0}"
 export HF_HUB_OFFLINE=1
+# Small models on a few cores: one thread each is fastest (more threads only contend).
+export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
 vlmjobs() { .venv/bin/vlmjobs "$@"; }
 
 step() { printf '\n== %s\n' "$*"; }
 
-step "tiny model and synthetic data"
-[[ -d demo/tiny-qwen ]] || vlmjobs dev make-model demo/tiny-qwen --arch tiny --seed 0
-[[ -d demo/shapes ]] || vlmjobs dev make-shapes demo/shapes --n 96 --seed 0
+# The demo's pixel frame (vision/pretrain.py): ~112 px images -> 16 image tokens.
+PIXELS=(--set min_pixels=7056 --set max_pixels=19600)
+MODEL_PIXELS=(--set model.min_pixels=7056 --set model.max_pixels=19600)
+PROMPT="Locate every shape."
+
+step "demo model (pre-trained on shapes, ~3 min) and synthetic data"
+[[ -d demo/demo-qwen ]] || vlmjobs dev make-model demo/demo-qwen --arch demo --seed 0
+[[ -d demo/shapes ]] || vlmjobs dev make-shapes demo/shapes --style demo --n 96 --seed 0
+[[ -d demo/heldout ]] || vlmjobs dev make-shapes demo/heldout --style demo --n 40 --seed 1 --duplicates 0
 
 step "local stack"
 vlmjobs up
@@ -26,27 +36,36 @@ trap 'step "stopping the stack"; vlmjobs down' EXIT
 
 step "clean: IoU grouping + semantic de-duplication -> Qwen chat JSONL"
 clean=$(vlmjobs submit clean deploy/examples/clean.yaml \
-  --set input=demo/shapes/regions.jsonl --name demo-clean --wait)
+  --set input=demo/shapes/regions.jsonl "${PIXELS[@]}" --set "prompt=$PROMPT" \
+  --set panels=4 --name demo-clean --wait)
 vlmjobs status "$clean"
 
-step "train: QLoRA on the cleaned data (tiny model, a few dozen steps)"
+step "train: LoRA on the cleaned data (follow it with: vlmjobs logs $((clean + 1)) -f)"
 train=$(vlmjobs submit train deploy/examples/train.yaml \
-  --set model.path=demo/tiny-qwen --set "data.path=job:$clean" \
-  --set micro_batch_size=4 --set max_steps=24 --set checkpoint.every_steps=8 \
-  --set eval.every_steps=12 --set eval.max_samples=4 --set eval.max_new_tokens=64 \
+  --set model.path=demo/demo-qwen --set "data.path=job:$clean" "${MODEL_PIXELS[@]}" \
+  --set model.quantization=none --set model.dtype=fp32 --set gradient_checkpointing=none \
+  --set lora.r=8 --set "lora.targets=[q_proj,k_proj,v_proj,o_proj]" --set optim.lr=1e-3 \
+  --set micro_batch_size=8 --set max_steps=30 --set log_every_steps=5 \
+  --set checkpoint.every_steps=10 --set eval.every_steps=10 --set eval.max_samples=8 \
+  --set eval.max_new_tokens=48 --set eval.metric=region_f1 \
   --name demo-train --wait)
 vlmjobs status "$train"
 
-step "infer: label the images with the trained adapter"
+step "infer: label the held-out images with the trained adapter"
 infer=$(vlmjobs submit infer deploy/examples/infer.yaml \
-  --set model.path=demo/tiny-qwen --set "model.adapter=job:$train" \
-  --set "inputs=[demo/shapes/images]" --set batch_size=8 --set max_new_tokens=64 \
-  --set limit=24 --name demo-infer --wait)
+  --set model.path=demo/demo-qwen --set "model.adapter=job:$train" --set model.dtype=fp32 \
+  "${MODEL_PIXELS[@]}" \
+  --set "inputs=[demo/heldout/images]" --set batch_size=8 --set max_new_tokens=48 \
+  --name demo-infer --wait)
 vlmjobs status "$infer"
 
 step "results"
 vlmjobs results "$infer" --format coco --out demo/preds.coco.json
-vlmjobs render "$infer" --out demo/overlays --limit 8
+rm -rf demo/gallery
+vlmjobs render "$infer" --out demo/gallery --limit 12
+vlmjobs metrics "$train" --plot demo/train-curves.png > demo/train-metrics.txt
 vlmjobs status
 echo
-echo "demo: COCO predictions in demo/preds.coco.json, overlays in demo/overlays/"
+vlmjobs dev score-shapes "$infer" demo/heldout/truth.jsonl
+echo "gallery: $PWD/demo/gallery (loss curves: demo/train-curves.png, COCO: demo/preds.coco.json)"
+echo "demo took $((SECONDS - started)) s"

@@ -16,7 +16,7 @@ cd "$(dirname "$0")/.."
 
 UV_VERSION=0.13.9
 TORCH=${VLMJOBS_TORCH:-2.13.0}
-EXTRAS=(test dev monitor local eval)
+EXTRAS=(test dev monitor local eval tensorboard)
 OUT=${OUT:-deploy/requirements.lock}
 
 tools="${XDG_CACHE_HOME:-$HOME/.cache}/vlmjobs/uv-$UV_VERSION"

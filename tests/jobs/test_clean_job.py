@@ -284,7 +284,9 @@ def test_manifest_and_panels(known: Path, tmp_path: Path, minilm: Any) -> None:
     assert manifest.convention == "qwen2.5-vl-absolute-resized"
     assert manifest.source == str(known)
     assert manifest.extra["cleaning"]["iou_threshold"] == spec.iou_threshold
-    assert len(list((data / "panels").glob("*.png"))) == 2
+    # Only image a lost regions (merged): the one panel, named once .png.
+    (panel,) = (data / "panels").glob("*.png")
+    assert panel.name.endswith("img_a.png") and ".png.png" not in panel.name
 
 
 def test_caps_and_min_box_size(tmp_path: Path) -> None:

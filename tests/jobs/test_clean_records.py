@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from vlmjobs.jobs.clean_images import check_image, draw_panel, safe_name
+from vlmjobs.jobs.clean_images import check_image, draw_panel, kept_mask, safe_name
 from vlmjobs.jobs.clean_records import assign_splits, cap_regions, reading_order, split_counts
 from vlmjobs.jobs.clean_report import Tally, hist_labels, histogram
+from vlmjobs.render import DROPPED, KEPT, MIN_SIDE
 from vlmjobs.specs.clean import SplitSpec
 
 
@@ -111,12 +112,36 @@ def test_check_image_kinds(tmp_path):
 
 def test_draw_panel(tmp_path):
     image = _png(tmp_path / "a.png", (200, 100))
-    out = draw_panel(image, np.array([[10, 10, 50, 50]]), np.zeros((0, 4)), tmp_path / "p.png")
+    boxes = np.array([[10, 10, 50, 50], [11, 10, 51, 52]], dtype=float)
+    before = (boxes, ["a red square", "red square"])
+    out = draw_panel(image, before, (boxes[:1], ["a red square"]), tmp_path / "p.png")
+    scale = MIN_SIDE / 100
     with Image.open(out) as panel:
-        assert panel.size == (1024, 256 + 16)
-        # the red 'before' box is drawn on the left half, nothing on the right half
-        assert panel.getpixel((int(10 * 512 / 200), 16 + int(30 * 512 / 200))) == (230, 60, 60)
-    assert draw_panel(tmp_path / "missing.png", np.zeros((0, 4)), np.zeros((0, 4)), out) is None
+        assert panel.width == 2 * 200 * scale + 12 and panel.height > 100 * scale  # + legend
+        # left: the kept box green, the dropped one red; right: only the kept one
+        left = {c for _, c in panel.crop((0, 0, 200 * scale, 100 * scale)).getcolors(10**6)}
+        right_box = (200 * scale + 12, 0, panel.width, 100 * scale)
+        right = {c for _, c in panel.crop(right_box).getcolors(10**6)}
+        assert {KEPT, DROPPED} <= left and KEPT in right and DROPPED not in right
+    assert draw_panel(tmp_path / "missing.png", before, before, out) is None
+
+
+@pytest.mark.parametrize(
+    "before, kept, mask",
+    [
+        pytest.param(([[0, 0, 10, 10]], ["a"]), ([[0, 0, 10, 10]], ["a"]), [True], id="same"),
+        pytest.param(([[0, 0, 10, 10]], ["a"]), ([[0, 0, 10, 10]], ["b"]), [False], id="phrase"),
+        pytest.param(
+            ([[0, 0, 10, 10], [1, 0, 11, 10]], ["a", "a"]),
+            ([[0, 0, 10, 10]], ["a"]),
+            [True, False],
+            id="merged-duplicate",
+        ),
+        pytest.param(([[0, 0, 10, 10]], ["a"]), (np.zeros((0, 4)), []), [False], id="none-kept"),
+    ],
+)
+def test_kept_mask(before, kept, mask):
+    assert kept_mask(before, kept) == mask
 
 
 @pytest.mark.parametrize(

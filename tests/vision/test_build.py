@@ -82,5 +82,5 @@ def test_real_configs_have_the_real_size(arch, params, hidden, layers, vocab, ti
 
 
 def test_unknown_arch_is_named():
-    with pytest.raises(ValueError, match="'13b'.*tiny, 3b, 7b"):
+    with pytest.raises(ValueError, match="'13b'.*tiny, demo, 3b, 7b"):
         build.model_config("13b")

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from vlmjobs.vision.shapes import COLOURS, SHAPES, make_shapes, size_word
+from vlmjobs.vision.shapes import COLOURS, SHAPES, STYLES, make_shapes, size_word
 
 N = 40
 
@@ -111,3 +111,33 @@ def test_deterministic_by_seed_and_prefix_stable(shapes, tmp_path):
 def test_zero_images_is_refused(tmp_path):
     with pytest.raises(ValueError, match="n=0"):
         make_shapes(tmp_path, n=0)
+
+
+def test_demo_style_is_small_ramped_and_one_shape_of_few_kinds(tmp_path):
+    root = make_shapes(tmp_path / "demo", n=30, seed=1, duplicates=0.0, style="demo")
+    look = STYLES["demo"]
+    for row in _rows(root / "truth.jsonl"):
+        assert look.min_side <= min(row["width"], row["height"]) <= row["width"] <= look.max_side
+        (region,) = row["regions"]
+        _, size, colour, shape = region["phrase"].split()
+        assert colour in look.colours and shape in look.shapes
+        pixels = np.asarray(Image.open(root / row["image"]).convert("RGB")).astype(int)
+        x1, y1, x2, y2 = region["bbox"]
+        outside = np.ones(pixels.shape[:2], dtype=bool)
+        outside[y1:y2, x1:x2] = False
+        # outside the shape's box, the background's red rises left to right, green top to
+        # bottom, blue stays: each background pixel's colour says where it is
+        h, w = pixels.shape[:2]
+        red = np.linspace(150.0, 250.0, w).astype(np.uint8)[None, :].repeat(h, axis=0)
+        green = np.linspace(150.0, 250.0, h).astype(np.uint8)[:, None].repeat(w, axis=1)
+        assert (pixels[..., 0][outside] == red[outside]).all()
+        assert (pixels[..., 1][outside] == green[outside]).all()
+        assert (pixels[..., 2][outside] == 235).all()
+        assert (pixels[y1:y2, x1:x2] == COLOURS[colour]).all(axis=2).any()  # the shape is there
+        # a star spans ~95% of its box: allow 10%
+        assert (x2 - x1) >= 0.9 * look.min_share * min(row["width"], row["height"])
+
+
+def test_unknown_style_is_named(tmp_path):
+    with pytest.raises(ValueError, match="style 'huge' is not one of full, demo"):
+        make_shapes(tmp_path / "x", n=1, style="huge")

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import sys
 import time
 from pathlib import Path
 
 import click
 
+from vlmjobs.cli.jobs import friendly_errors
 from vlmjobs.cli.main import cli
 
 
@@ -19,10 +21,11 @@ def dev() -> None:
 @click.argument("out", type=click.Path(file_okay=False, path_type=Path))
 @click.option(
     "--arch",
-    type=click.Choice(["tiny", "3b", "7b"]),
+    type=click.Choice(["tiny", "demo", "3b", "7b"]),
     default="tiny",
     show_default=True,
-    help="tiny: tests and demo (~0.45 M params); 3b/7b: the real architectures, random weights",
+    help="tiny: tests (~0.45 M params, random); demo: ~1.9 M params pre-trained on demo "
+    "shapes (2-3 min on CPU); 3b/7b: the real architectures, random weights",
 )
 @click.option("--seed", type=int, default=0, show_default=True, help="same seed, same weights")
 @click.option(
@@ -33,7 +36,7 @@ def make_model_cmd(out: Path, arch: str, seed: int, device: str) -> None:
     from vlmjobs.vision.build import make_model
 
     started = time.monotonic()
-    path = make_model(out, arch=arch, seed=seed, device=device)
+    path = make_model(out, arch=arch, seed=seed, device=device, log=click.echo)
     size = sum(p.stat().st_size for p in path.iterdir() if p.is_file())
     click.echo(
         f"{arch} checkpoint at {path} ({size / 2**20:.1f} MiB, "
@@ -52,13 +55,43 @@ def make_model_cmd(out: Path, arch: str, seed: int, device: str) -> None:
     show_default=True,
     help="share of images with one near-duplicate annotation (for clean to remove)",
 )
-def make_shapes_cmd(out: Path, n: int, seed: int, duplicates: float) -> None:
+@click.option(
+    "--style",
+    type=click.Choice(["full", "demo"]),
+    default="full",
+    show_default=True,
+    help="full: 200-700 px, 1-5 shapes of 7 kinds, graded backgrounds; demo: ~128 px, one "
+    "shape of 4 kinds on plain grey (what the demo model learns)",
+)
+def make_shapes_cmd(out: Path, n: int, seed: int, duplicates: float, style: str) -> None:
     """Write N synthetic images of coloured shapes with exact boxes to OUT."""
     from vlmjobs.vision.shapes import make_shapes
 
     started = time.monotonic()
-    path = make_shapes(out, n=n, seed=seed, duplicates=duplicates)
+    path = make_shapes(out, n=n, seed=seed, duplicates=duplicates, style=style)
     click.echo(
         f"{n} images at {path} (regions.jsonl, region_descriptions.json, image_data.json, "
         f"truth.jsonl; {time.monotonic() - started:.1f} s)"
     )
+
+
+@dev.command("score-shapes")
+@click.argument("job_id", type=int)
+@click.argument("truth", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@friendly_errors
+def score_shapes_cmd(job_id: int, truth: Path) -> None:
+    """Score infer job JOB_ID on a make-shapes data set (its TRUTH file, truth.jsonl).
+
+    Prints one line: parse ok (answers read as written), mean IoU of matched boxes,
+    F1 at IoU 0.5 with phrase match (as train's evaluation counts it).
+    """
+    from vlmjobs.cli.results import _infer_job, iter_outputs
+    from vlmjobs.vision.shapes_score import score_outputs
+
+    _infer_job(job_id)
+    try:
+        score = score_outputs(iter_outputs(job_id), truth)
+    except ValueError as error:
+        click.echo(f"error: job {job_id}: {error}", err=True)
+        sys.exit(2)
+    click.echo(score.line())

@@ -19,6 +19,7 @@ from vlmjobs.cli import (  # noqa: E402, F401
     dev,
     eval,
     jobs,
+    metrics,
     parse,
     results,
     schedule,

@@ -6,7 +6,6 @@ an infer job's outputs from the database (``iter_outputs``) and hands them over.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import sys
@@ -26,39 +25,11 @@ from vlmjobs.exports import FORMATS, LS_MODES, export, image_url, labelstudio_co
 # --- render: boxes and phrases drawn on the original image --------------------------------------
 
 
-def _color(phrase: str) -> tuple[int, int, int]:
-    """A stable, saturated colour per phrase."""
-    d = hashlib.sha256(phrase.encode()).digest()
-    r, g, b = d[0], d[1], d[2]
-    lo = min(r, g, b)
-    return (r - lo + 40, g - lo + 40, b - lo + 40)
-
-
-def draw_regions(image: Any, regions: list[dict[str, Any]]) -> Any:
-    """A copy of ``image`` (RGB) with each region's box and phrase drawn in its colour."""
-    from PIL import ImageDraw, ImageFont
-
-    out = image.convert("RGB")
-    draw = ImageDraw.Draw(out)
-    width = max(2, min(out.size) // 250)
-    text_h = max(12, min(out.size) // 40)
-    font = ImageFont.load_default(size=text_h)
-    for r in regions:
-        x1, y1, x2, y2 = r["bbox"]
-        color = _color(r["phrase"])
-        draw.rectangle([x1, y1, x2, y2], outline=color, width=width)
-        label = r["phrase"] if r["score"] is None else f"{r['phrase']} {r['score']:.2f}"
-        tx, ty = x1, max(0, y1 - text_h - 4)
-        box = draw.textbbox((tx, ty), label, font=font)
-        draw.rectangle(box, fill=color)
-        draw.text((tx, ty), label, fill=(0, 0, 0), font=font)
-    return out
-
-
 def render(outputs: Iterable[dict[str, Any]], out_dir: Path, limit: int | None) -> list[Path]:
     """Draw up to ``limit`` ok outputs onto their images, re-read from the sources (archive
     members too); one PNG each, named ``<n>_<key12>.png``. Returns the written paths."""
     from vlmjobs.jobs.infer_inputs import decode_image, read_sources
+    from vlmjobs.render import draw_regions
 
     chosen = []
     for out in outputs:

@@ -177,8 +177,8 @@ def _overlay_png(out: dict[str, Any]) -> bytes:
     scaled down to a tile. 404 when the source cannot be read any more."""
     import sys
 
-    from vlmjobs.cli.results import draw_regions
     from vlmjobs.jobs.infer_inputs import decode_image, read_sources
+    from vlmjobs.render import draw_regions
 
     [(source, data, error)] = list(read_sources([out["source"]]))
     if data is None:

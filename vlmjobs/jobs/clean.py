@@ -73,7 +73,7 @@ class Plan:
     task: str
     prompt: str | None  # None: every record brings its own (JSONL prefixes)
     splits: list[str]
-    panels: set[int]
+    panels: int  # at most this many before/after panels, of images where regions went
 
 
 @dataclass
@@ -175,10 +175,8 @@ def make_plan(spec: CleanSpec) -> Plan:
         if source.content != "targets":
             raise DataError(f"{e}: set prompt in the spec") from e
         prompt = None  # every JSONL record must then bring its prefix
-    rng = np.random.default_rng(spec.seed + 1)
-    n_panels = min(spec.panels, source.total)
-    panels = set(rng.choice(source.total, size=n_panels, replace=False).tolist())
-    return Plan(source, task, prompt, assign_splits(source.total, spec.split, spec.seed), panels)
+    splits = assign_splits(source.total, spec.split, spec.seed)
+    return Plan(source, task, prompt, splits, min(spec.panels, source.total))
 
 
 def _chunks(items: Iterable[T], size: int) -> Iterator[list[T]]:
@@ -317,9 +315,13 @@ def _records(
         targets = [p.phrases[i] for i in final]
     else:
         targets = [region_target(p.boxes[final], [p.phrases[i] for i in final], p.size, p.frame)]
-        if p.n in plan.panels:
-            out = tmp / "panels" / f"{split}_{safe_name(item.key)}.png"
-            draw_panel(item.image, item.boxes, p.boxes[final], out, title=item.key)
+        # Panels show what cleaning did: only images where a region was merged or removed.
+        if tally.panels < plan.panels and len(final) < len(item.phrases):
+            name = safe_name(str(Path(item.key).with_suffix("")))
+            after = (p.boxes[final], [p.phrases[i] for i in final])
+            before = (item.boxes, item.phrases)
+            if draw_panel(item.image, before, after, tmp / "panels" / f"{split}_{name}.png"):
+                tally.panels += 1
     return [
         json.dumps(
             chat_record(item.image, prompt, t, spec.system, p.size, p.frame), ensure_ascii=False

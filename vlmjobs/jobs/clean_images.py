@@ -8,19 +8,17 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Any
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image
 
-from vlmjobs import settings
+from vlmjobs import render, settings
 from vlmjobs.specs.common import outside_roots
+from vlmjobs.vision.regions import iou_matrix
 
 # What PIL raises on files that are not images, truncated or absurdly large.
 IMAGE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
-
-BEFORE_COLOUR = (230, 60, 60)
-AFTER_COLOUR = (40, 190, 80)
-PANEL_WIDTH = 512  # px per half of a panel
 
 
 def check_image(
@@ -58,34 +56,42 @@ def safe_name(key: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", key).strip("_")[:80] or "item"
 
 
-def _draw_half(image: Image.Image, boxes: np.ndarray, colour: tuple[int, int, int]) -> Image.Image:
-    scale = PANEL_WIDTH / image.width
-    half = image.resize((PANEL_WIDTH, max(1, round(image.height * scale))))
-    draw = ImageDraw.Draw(half)
-    for x1, y1, x2, y2 in np.asarray(boxes, dtype=float).reshape(-1, 4) * scale:
-        draw.rectangle([x1, y1, x2, y2], outline=colour, width=2)
-    return half
+def kept_mask(
+    before: tuple[np.ndarray, list[str]], kept: tuple[np.ndarray, list[str]]
+) -> list[bool]:
+    """For each annotated region (boxes (N, 4), phrases), whether it is one of the kept
+    ones: same phrase and the same box up to clipping (IoU above 0.99)."""
+    boxes, phrases = before
+    kept_boxes, kept_phrases = kept
+    iou = iou_matrix(np.asarray(boxes, dtype=float), np.asarray(kept_boxes, dtype=float))
+    return [
+        any(iou[i, j] > 0.99 and kept_phrases[j] == phrase for j in range(len(kept_phrases)))
+        for i, phrase in enumerate(phrases)
+    ]
 
 
 def draw_panel(
-    image_path: Path, before: np.ndarray, after: np.ndarray, out: Path, title: str = ""
+    image_path: Path,
+    before: tuple[np.ndarray, list[str]],
+    kept: tuple[np.ndarray, list[str]],
+    out: Path,
 ) -> Path | None:
-    """Save a PNG: the image with boxes before (left, red) and after (right, green).
-
-    Boxes (N, 4) in ORIGINAL pixels. Returns None when the image cannot be decoded.
-    """
+    """Save a PNG: every annotated region (left; dropped ones red, with their phrases) and
+    the regions kept (right). Boxes (N, 4) in ORIGINAL pixels; None when the image cannot
+    be decoded."""
     try:
         with Image.open(image_path) as im:
             image = im.convert("RGB")
     except IMAGE_ERRORS:
         return None
-    left = _draw_half(image, before, BEFORE_COLOUR)
-    right = _draw_half(image, after, AFTER_COLOUR)
-    panel = Image.new("RGB", (2 * PANEL_WIDTH, left.height + 16), (255, 255, 255))
-    panel.paste(left, (0, 16))
-    panel.paste(right, (PANEL_WIDTH, 16))
-    caption = f"{title}  before: {len(before)}  after: {len(after)}"
-    ImageDraw.Draw(panel).text((4, 2), caption, fill=(0, 0, 0))
+
+    def regions(boxes: np.ndarray, phrases: list[str]) -> list[dict[str, Any]]:
+        rows = np.asarray(boxes, dtype=float).reshape(-1, 4).tolist()
+        return [{"bbox": b, "phrase": p, "score": None} for b, p in zip(rows, phrases, strict=True)]
+
+    panel = render.draw_panel(
+        image, regions(*before), kept_mask(before, kept), regions(*kept), image_path.name
+    )
     out.parent.mkdir(parents=True, exist_ok=True)
     panel.save(out)
     return out

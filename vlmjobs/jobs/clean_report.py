@@ -43,6 +43,7 @@ class Tally:
     skipped: list[dict[str, str]] = field(default_factory=list)  # key, image, kind, reason
     empty: int = 0  # images left with no regions (not written unless keep_empty)
     prompts: dict[str, int] = field(default_factory=dict)  # per-record prompts (JSONL prefixes)
+    panels: int = 0  # before/after panels drawn
     records: dict[str, int] = field(default_factory=lambda: {"train": 0, "val": 0, "test": 0})
     regions: dict[str, int] = field(
         default_factory=lambda: {

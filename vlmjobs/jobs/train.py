@@ -47,6 +47,7 @@ from vlmjobs.jobs.train_model import (
     estimate_peak_memory,
     prepare_model,
 )
+from vlmjobs.jobs.train_report import Trackers, eval_line, step_line
 from vlmjobs.specs.train import TrainSpec
 from vlmjobs.vision.manifest import Manifest
 from vlmjobs.vision.model import load_model
@@ -78,6 +79,11 @@ def run(spec: TrainSpec, ctx: JobContext) -> dict[str, Any]:
     )
     root = ctx.workdir / "checkpoints"
     state = resume_or_start(spec, ctx, root, model, optimizer, scheduler, lengths, splits)
+    trackers = Trackers(
+        spec.report_to, ctx.workdir, f"job-{ctx.job_id}", spec.model_dump(mode="json")
+    )
+    # ETA from this attempt's own pace (a resumed job's earlier steps ran elsewhere).
+    clock = (time.monotonic(), state.step)
 
     # ---- train: one iteration = one optimizer step over grad_accum micro-batches
     model.train()
@@ -112,7 +118,9 @@ def run(spec: TrainSpec, ctx: JobContext) -> dict[str, Any]:
                 "grad_norm": float(grad_norm),
                 "samples_per_s": speed,
             }
-            record_step(ctx, state, step_values, total)
+            record_step(ctx, state, step_values, total, trackers)
+            if state.step % spec.log_every_steps == 0 or state.step == total:
+                ctx.log.info(step_line(state.step, total, step_values, eta(clock, state, total)))
 
             # ---- epoch end: the next epoch's order goes into the checkpoint written below
             epoch_end = state.batch_in_epoch >= len(state.order)
@@ -135,6 +143,8 @@ def run(spec: TrainSpec, ctx: JobContext) -> dict[str, Any]:
             ):
                 metrics = evaluate(model, processor, data.val, data.manifest, spec, ctx.device)
                 ctx.metrics({f"val_{k}": v for k, v in metrics.items()}, step=state.step)
+                trackers.log({f"val/{k}": v for k, v in metrics.items()}, state.step)
+                ctx.log.info(eval_line(state.step, metrics))
                 model.train()
                 is_best = track_best(spec, state, metrics)
             # ---- save: periodic, at each epoch end, at the last step, and at a new best
@@ -153,6 +163,7 @@ def run(spec: TrainSpec, ctx: JobContext) -> dict[str, Any]:
                 break
     finally:
         prefetch.close()
+        trackers.close()
 
     # ---- final adapter + cleanup
     adapter = write_adapter(ctx, model, processor, data.manifest, spec)
@@ -342,14 +353,26 @@ def train_step(
 
 
 def record_step(
-    ctx: JobContext, state: ckpt.TrainState, values: dict[str, float], total: int
+    ctx: JobContext,
+    state: ckpt.TrainState,
+    values: dict[str, float],
+    total: int,
+    trackers: Trackers,
 ) -> None:
     """Step metrics (+ epoch as a fraction, peak GPU memory) and progress: the heartbeat."""
-    values = {**values, "epoch": state.epoch + state.batch_in_epoch / max(1, len(state.order))}
+    values.update(epoch=state.epoch + state.batch_in_epoch / max(1, len(state.order)))
     if torch.cuda.is_available():
         values["gpu_mem_gib"] = torch.cuda.max_memory_allocated() / 2**30
     ctx.metrics(values, step=state.step)
+    trackers.log({f"train/{k}": v for k, v in values.items()}, state.step)
     ctx.progress(state.step, total)
+
+
+def eta(clock: tuple[float, int], state: ckpt.TrainState, total: int) -> float | None:
+    """Seconds left at this attempt's mean wall time per step (evals and saves included)."""
+    started, first_step = clock
+    done = state.step - first_step
+    return (time.monotonic() - started) / done * (total - state.step) if done else None
 
 
 def free_memory() -> None:

@@ -95,7 +95,8 @@ class CleanSpec(JobSpec):
     split: SplitSpec = Field(default_factory=SplitSpec)
     # Seeds the split permutation and the choice of panel images.
     seed: int = 0
-    # PNG panels (boxes before | after) of this many sample images under data/panels; 0: none.
+    # PNG panels (boxes before | after, dropped phrases in red) of up to this many images
+    # where a region was merged or removed, under data/panels; 0: none.
     panels: int = Field(0, ge=0, le=1000)
     # Images per chunk: one embedding call, one progress report, one cancel check per chunk.
     chunk_size: int = Field(256, ge=1)

@@ -242,6 +242,13 @@ class TrainSpec(JobSpec):
     # once. Smaller: less memory (chunk x 151,936 x 4 bytes), slightly slower.
     loss_chunk_size: int = Field(1024, ge=1)
     eval: EvalSpec = Field(default_factory=EvalSpec)
+    # One line in job.log (`vlmjobs logs -f`) every N optimizer steps: loss, lr, grad norm,
+    # samples/s, ETA. Costs nothing measurable; the metrics table gets every step anyway.
+    log_every_steps: int = Field(10, ge=1)
+    # Also write the step and eval metrics to these trackers, offline, into the job's folder:
+    # tensorboard (event files), wandb (offline run), mlflow (file store). Each is an extra:
+    # pip install 'vlmjobs[tensorboard]'.
+    report_to: list[Literal["tensorboard", "wandb", "mlflow"]] = Field(default_factory=list)
     checkpoint: CheckpointSpec = Field(default_factory=CheckpointSpec)
     # Seeds python, numpy, torch and the data order; same seed + data = same run.
     seed: int = 0

@@ -15,6 +15,10 @@ of what was drawn, xyxy in original pixels. Like Visual Genome, about ``duplicat
 of the images carry a second, slightly shifted annotation of one shape with a
 reworded phrase, which clean's de-duplication should remove (truth.jsonl has none).
 Image i depends only on (seed, i), so the first k images are the same for any n >= k.
+
+``style="demo"`` draws what a model small enough to train on two CPU cores in minutes
+can learn: ~112 px images, a light background whose colour ramps with position, one
+shape of four kinds in four colours. ``style="full"`` (the default) is the set above.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from __future__ import annotations
 import json
 import math
 import random
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -50,21 +55,59 @@ SIZE_WORDS = ((0.02, "small"), (0.08, "medium"), (1.01, "large"))
 MIN_SIDE, MAX_SIDE = 200, 700
 
 
+@dataclass(frozen=True)
+class Style:
+    """What images of a data set look like: sizes, background, how many shapes, which."""
+
+    min_side: int
+    max_side: int
+    max_shapes: int
+    background: str  # graded (random colours) | ramp (light, brighter to the right and down)
+    shapes: tuple[str, ...]
+    colours: tuple[str, ...]
+    min_share: float  # smallest shape side as a share of the short image side
+
+
+STYLES = {
+    "full": Style(MIN_SIDE, MAX_SIDE, 5, "graded", SHAPES, tuple(COLOURS), 0.06),
+    # Few kinds, big shapes, ~112 px images (16 image tokens): learnable by the demo model.
+    "demo": Style(
+        min_side=100,
+        max_side=124,
+        max_shapes=1,
+        background="ramp",
+        shapes=("square", "circle", "triangle", "star"),
+        colours=("red", "green", "blue", "black"),
+        min_share=0.3,
+    ),
+}
+
+
 def size_word(box: list[int], width: int, height: int) -> str:
     """small | medium | large from the box's share of the image area."""
     share = (box[2] - box[0]) * (box[3] - box[1]) / (width * height)
     return next(word for limit, word in SIZE_WORDS if share < limit)
 
 
-def _image_size(rng: random.Random) -> tuple[int, int]:
-    """(w, h) in [200, 700], never a multiple of 28, so the resize path always runs."""
-    w, h = rng.randint(MIN_SIDE, MAX_SIDE), rng.randint(MIN_SIDE, MAX_SIDE)
+def _image_size(rng: random.Random, style: Style) -> tuple[int, int]:
+    """(w, h) in the style's range, never a multiple of 28, so the resize path always runs."""
+    w, h = rng.randint(style.min_side, style.max_side), rng.randint(style.min_side, style.max_side)
     return w - (w % FACTOR == 0), h - (h % FACTOR == 0)
 
 
-def _background(rng: random.Random, size: tuple[int, int]) -> tuple[Image.Image, np.ndarray]:
-    """A solid or vertically graded background; returns the image and its mean colour."""
+def _background(
+    rng: random.Random, size: tuple[int, int], kind: str
+) -> tuple[Image.Image, np.ndarray]:
+    """A solid or vertically graded background of random colours, or a light ``ramp``
+    (red rises left to right, green top to bottom: every pixel's colour says where it is,
+    which a small model learns to read much sooner than positions); returns the image and
+    its mean colour."""
     w, h = size
+    if kind == "ramp":
+        x = np.linspace(150.0, 250.0, w)[None, :].repeat(h, axis=0)
+        y = np.linspace(150.0, 250.0, h)[:, None].repeat(w, axis=1)
+        pixels = np.stack([x, y, np.full((h, w), 235.0)], axis=2)
+        return Image.fromarray(pixels.astype(np.uint8), "RGB"), pixels.mean(axis=(0, 1))
     top = np.array([rng.randint(0, 255) for _ in range(3)], dtype=np.float64)
     bottom = top if rng.random() < 0.5 else np.array([rng.randint(0, 255) for _ in range(3)])
     t = np.linspace(0.0, 1.0, h)[:, None, None]
@@ -72,10 +115,10 @@ def _background(rng: random.Random, size: tuple[int, int]) -> tuple[Image.Image,
     return Image.fromarray(pixels, "RGB"), (top + bottom) / 2
 
 
-def _pick_colour(rng: random.Random, background: np.ndarray) -> str:
+def _pick_colour(rng: random.Random, background: np.ndarray, colours: tuple[str, ...]) -> str:
     """A colour name that stands out from the background (RGB distance above 120)."""
-    names = [n for n, rgb in COLOURS.items() if np.linalg.norm(np.array(rgb) - background) > 120]
-    return rng.choice(names or list(COLOURS))
+    names = [n for n in colours if np.linalg.norm(np.array(COLOURS[n]) - background) > 120]
+    return rng.choice(names or list(colours))
 
 
 def _polygon(shape: str, x: int, y: int, w: int, h: int) -> list[tuple[float, float]] | None:
@@ -112,10 +155,12 @@ def _draw(draw: ImageDraw.ImageDraw, shape: str, box: list[int], colour: str) ->
     return [min(xs), min(ys), max(xs) + 1, max(ys) + 1]
 
 
-def _shape_box(rng: random.Random, shape: str, size: tuple[int, int]) -> list[int]:
-    """A random box for ``shape``: side 6%-45% of the short image side, inside the image."""
+def _shape_box(
+    rng: random.Random, shape: str, size: tuple[int, int], min_share: float
+) -> list[int]:
+    """A random box for ``shape``: side min_share-45% of the short image side, inside the image."""
     w, h = size
-    side = rng.randint(int(0.06 * min(w, h)), int(0.45 * min(w, h)))
+    side = rng.randint(int(min_share * min(w, h)), int(0.45 * min(w, h)))
     bw, bh = side, side
     if shape in ("rectangle", "ellipse"):  # never square, so the word stays true
         bh = max(8, int(side * rng.choice([0.45, 0.55, 1.7, 2.0])))
@@ -124,22 +169,25 @@ def _shape_box(rng: random.Random, shape: str, size: tuple[int, int]) -> list[in
     return [x, y, x + bw, y + bh]
 
 
-def make_image(seed: int, index: int) -> tuple[Image.Image, list[dict[str, Any]]]:
+def make_image(
+    seed: int, index: int, style: str = "full"
+) -> tuple[Image.Image, list[dict[str, Any]]]:
     """Image ``index`` of data set ``seed`` and its exact regions ({"bbox", "phrase"})."""
+    look = STYLES[style]
     rng = random.Random(seed * 1_000_003 + index)
-    size = _image_size(rng)
-    image, mean = _background(rng, size)
+    size = _image_size(rng, look)
+    image, mean = _background(rng, size, look.background)
     draw = ImageDraw.Draw(image)
     regions: list[dict[str, Any]] = []
-    for _ in range(rng.randint(1, 5)):
-        shape = rng.choice(SHAPES)
+    for _ in range(rng.randint(1, look.max_shapes)):
+        shape = rng.choice(look.shapes)
         for _try in range(20):
-            box = _shape_box(rng, shape, size)
+            box = _shape_box(rng, shape, size, look.min_share)
             if not any(_intersect(box, r["bbox"]) for r in regions):
                 break
         else:
             continue  # no free space left for this one
-        colour = _pick_colour(rng, mean)
+        colour = _pick_colour(rng, mean, look.colours)
         extent = _draw(draw, shape, box, colour)
         phrase = f"a {size_word(extent, *size)} {colour} {shape}"
         regions.append({"bbox": extent, "phrase": phrase})
@@ -161,20 +209,24 @@ def duplicate_of(rng: random.Random, region: dict[str, Any], size: tuple[int, in
     return {"bbox": box, "phrase": phrase}
 
 
-def make_shapes(out: Path, n: int = 500, seed: int = 0, *, duplicates: float = 0.1) -> Path:
+def make_shapes(
+    out: Path, n: int = 500, seed: int = 0, *, duplicates: float = 0.1, style: str = "full"
+) -> Path:
     """Write ``n`` images and their annotations under ``out`` (layout in the module doc).
 
-    Returns ``out``. Deterministic for (seed, n); about ``duplicates`` of the images get
-    one extra near-duplicate annotation in regions.jsonl and the Visual Genome files.
+    Returns ``out``. Deterministic for (seed, n, style); about ``duplicates`` of the images
+    get one extra near-duplicate annotation in regions.jsonl and the Visual Genome files.
     """
     if n < 1:
         raise ValueError(f"n={n}: need at least one image")
+    if style not in STYLES:
+        raise ValueError(f"style {style!r} is not one of {', '.join(STYLES)}")
     out = Path(out)
     (out / "images").mkdir(parents=True, exist_ok=True)
     rows, truth, vg_regions, vg_images = [], [], [], []
     region_id = 0
     for index in range(1, n + 1):
-        image, regions = make_image(seed, index)
+        image, regions = make_image(seed, index, style)
         name = f"images/{index:06d}.png"
         image.save(out / name, compress_level=1)
         w, h = image.size

@@ -1,6 +1,6 @@
 """How well an infer job found the shapes of a make-shapes data set (its truth.jsonl).
 
-Counting is evaluate.py's (F1 at IoU 0.5 with phrase match, micro-averaged); this
+Counting is vlmjobs.eval's (F1 at IoU 0.5 with phrase match, micro-averaged); this
 module only lines the job's outputs up with the truth and adds two numbers a demo
 needs: the share of answers that parsed as written, and how well the boxes sit
 regardless of phrase (mean IoU over a one-to-one greedy matching by IoU).
@@ -16,7 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from vlmjobs.jobs.evaluate import RegionCounts, box_iou, match_regions
+from vlmjobs.eval.answers import RegionCounts, match_regions
+from vlmjobs.vision.regions import iou_matrix, match_pairs
 
 
 @dataclass(frozen=True)
@@ -36,19 +37,9 @@ class ShapesScore:
 
 def matched_ious(pred: np.ndarray, gold: np.ndarray) -> list[float]:
     """IoUs of a one-to-one matching, greedy from the highest IoU; pairs at 0 are not matched."""
-    iou = box_iou(pred, gold)
-    out: list[float] = []
-    used_p: set[int] = set()
-    used_g: set[int] = set()
-    for flat in np.argsort(-iou, axis=None, kind="stable"):
-        i, j = np.unravel_index(flat, iou.shape)
-        if iou[i, j] <= 0:
-            break
-        if i not in used_p and j not in used_g:
-            used_p.add(int(i))
-            used_g.add(int(j))
-            out.append(float(iou[i, j]))
-    return out
+    iou = iou_matrix(pred, gold)
+    pairs = match_pairs(iou, iou > 0, 0.0)  # phrases ignored; boxes that do not touch never pair
+    return [float(iou[i, j]) for i, j in pairs]
 
 
 def score_outputs(outputs: Iterable[dict[str, Any]], truth: Path) -> ShapesScore:

@@ -30,7 +30,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import torch
 from PIL import Image
 
 from vlmjobs.jobs.context import JobContext, OutputRecord, RegionRecord
@@ -345,25 +344,15 @@ def _generate_split(
     plan: Plan,
     event: Callable[[str, str], None] | None,
 ) -> list[Generation]:
-    """Generate; on CUDA out-of-memory retry as two halves, recursively, down to one image."""
-    try:
-        return generator.generate(
-            batch if batch is not None else _inputs(processor, ready, plan),
-            max_new_tokens=spec.max_new_tokens,
-            min_new_tokens=spec.min_new_tokens,
-            repetition_penalty=spec.repetition_penalty,
-        )
-    except torch.OutOfMemoryError:
-        if len(ready) == 1:
-            raise
-        torch.cuda.empty_cache()
-        half = len(ready) // 2
-        if event is not None:
-            event(f"CUDA out of memory at batch {len(ready)}: retrying as {half} + rest", "warning")
-        args = (spec, plan, event)
-        return _generate_split(generator, processor, ready[:half], None, *args) + _generate_split(
-            generator, processor, ready[half:], None, *args
-        )
+    """Generate; on CUDA out-of-memory the Generator frees the failed batch's cache and
+    graphs and goes on at half the batch, down to one image (vision/generate.py)."""
+    return generator.generate(
+        batch if batch is not None else _inputs(processor, ready, plan),
+        max_new_tokens=spec.max_new_tokens,
+        min_new_tokens=spec.min_new_tokens,
+        repetition_penalty=spec.repetition_penalty,
+        on_oom=None if event is None else lambda message: event(message, "warning"),
+    )
 
 
 def _output(

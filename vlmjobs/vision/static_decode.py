@@ -64,7 +64,7 @@ class StaticDecoder:
         self.dtype = self.lm.embed_tokens.weight.dtype
         self.eos = torch.tensor(eos_ids, device=self.device)
         self.cuda_graphs = self.device.type == "cuda" if cuda_graphs is None else cuda_graphs
-        self.keys: list[torch.Tensor] = []  # per layer (max_batch, kv_heads, S, head_dim)
+        self.keys: list[torch.Tensor] = []  # per layer (rows, kv_heads, S, head_dim)
         self.values: list[torch.Tensor] = []
         self.graphs: dict[tuple[int, int], tuple[torch.cuda.CUDAGraph, dict]] = {}
         rotary = self.lm.rotary_emb
@@ -87,7 +87,18 @@ class StaticDecoder:
         if rows > self.max_batch:
             raise ValueError(f"batch of {rows} rows > max_batch={self.max_batch}: slice it first")
         slots = -(-(length + max_new_tokens) // SLOT_ROUND) * SLOT_ROUND
-        self._ensure_cache(slots)
+        try:
+            return self._generate(batch, rows, slots, max_new_tokens, min_new_tokens)
+        except torch.OutOfMemoryError:
+            # What this batch sized (cache rows, graphs and their pools) must not outlive it,
+            # or the smaller retry finds the card as full as before.
+            self.release()
+            raise
+
+    def _generate(
+        self, batch: BatchFeature, rows: int, slots: int, max_new_tokens: int, min_new_tokens: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        self._ensure_cache(rows, slots)
         state = self._state(rows, slots)
         clock = Clock(self.device)
         logits = self._prefill(batch, state)
@@ -117,15 +128,29 @@ class StaticDecoder:
         self.timing = clock.read() | {"steps": t}
         return result
 
-    def _ensure_cache(self, slots: int) -> None:
-        if self.keys and self.keys[0].shape[2] >= slots:
+    @property
+    def cache_shape(self) -> tuple[int, int]:
+        """(rows, slots) the KV cache holds now; (0, 0) before the first batch or after release."""
+        return (self.keys[0].shape[0], self.keys[0].shape[2]) if self.keys else (0, 0)
+
+    def _ensure_cache(self, rows: int, slots: int) -> None:
+        """A cache of at least (rows, slots): sized by the batches seen, not by max_batch, so a
+        small job or a retry after out-of-memory holds only what it uses."""
+        have_rows, have_slots = self.cache_shape
+        if have_rows >= rows and have_slots >= slots:
             return
-        self.keys, self.values, self.graphs = [], [], {}  # free the old cache before the new one
-        shape = (self.max_batch, self.kv_heads, slots, self.head_dim)
+        self.release()  # free the old cache before allocating the new one
+        shape = (max(rows, have_rows), self.kv_heads, max(slots, have_slots), self.head_dim)
         for _ in self.lm.layers:
             # zeros, not empty: masked slots are multiplied by 0 in attention, and 0 * NaN = NaN
             self.keys.append(torch.zeros(shape, dtype=self.dtype, device=self.device))
             self.values.append(torch.zeros(shape, dtype=self.dtype, device=self.device))
+
+    def release(self) -> None:
+        """Drop the KV cache and the captured graphs (each holds its own memory pool); the
+        next batch allocates what it needs. The caller empties the allocator's cache once
+        the failed batch's frames are gone (after its ``except`` block)."""
+        self.keys, self.values, self.graphs = [], [], {}
 
     def _state(self, rows: int, slots: int) -> dict[str, torch.Tensor]:
         """The decode step's inputs and outputs; a captured graph reads and writes these very

@@ -47,6 +47,18 @@ class DedupSpec(Strict):
     phrase_similarity: Literal["exact", "embedding"] = "exact"
 
 
+class InferPreflightSpec(Strict):
+    """Estimate peak GPU memory at submit and before loading: batch x tokens -> KV cache +
+    prefill + weights, from the model's config.json, images at max_pixels."""
+
+    # The card's budget; the design point is a 12 GB card.
+    gpu_memory_gib: float = Field(12.0, gt=0)
+    # refuse: fail (exit 2 at submit) showing the arithmetic; adjust: run at the largest
+    # batch that fits (the job's events show it). Either way, an out-of-memory error while
+    # running halves the batch, down to one image.
+    on_exceed: Literal["refuse", "adjust"] = "refuse"
+
+
 class InferSpec(JobSpec):
     """Label images with a (fine-tuned) Qwen2.5-VL; one output row per image, regions per output."""
 
@@ -93,6 +105,7 @@ class InferSpec(JobSpec):
     # Pixel budget of the model's input frame; None: the adapter manifest's, else model's.
     min_pixels: int | None = Field(None, ge=PATCH * PATCH)
     max_pixels: int | None = Field(None, ge=PATCH * PATCH)
+    preflight: InferPreflightSpec = Field(default_factory=InferPreflightSpec)
 
     @field_validator("inputs")
     @classmethod
@@ -114,6 +127,25 @@ class InferSpec(JobSpec):
             raise ValueError("schema is only read by the json parser: use task extract_json")
         if self.min_pixels and self.max_pixels and self.min_pixels > self.max_pixels:
             raise ValueError(f"min_pixels {self.min_pixels} > max_pixels {self.max_pixels}")
+        return self
+
+    @model_validator(mode="after")
+    def _preflight(self) -> InferSpec:
+        """At submit: the batch must fit preflight.gpu_memory_gib (or be adjustable).
+
+        Skipped for a hub id (no local config.json to size the model from). With a train
+        job's adapter ('job:42') its manifest is not read here: the spec's pixel limits
+        are used, and the worker checks again with the manifest's before loading.
+        """
+        if not (Path(self.model.path).expanduser() / "config.json").is_file():
+            return self
+        from vlmjobs.errors import PreflightError
+        from vlmjobs.jobs.infer_memory import plan_batch, preflight_inputs
+
+        try:
+            plan_batch(self, **preflight_inputs(self))
+        except PreflightError as error:
+            raise ValueError(f"preflight: {error}") from None
         return self
 
 

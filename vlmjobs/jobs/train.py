@@ -106,6 +106,7 @@ def run(spec: TrainSpec, ctx: JobContext) -> dict[str, Any]:
                 "lr": lr,
                 "grad_norm": float(grad_norm),
                 "samples_per_s": speed,
+                "samples": n_samples,  # a short last micro-batch makes this vary
             }
             record_step(ctx, state, step_values, total)
 

@@ -46,6 +46,7 @@ from vlmjobs.jobs.train_model import (
     estimate_peak_memory,
     prepare_model,
 )
+from vlmjobs.jobs.train_vision_cache import attach_vision_cache
 from vlmjobs.specs.train import TrainSpec
 from vlmjobs.vision.manifest import Manifest
 from vlmjobs.vision.model import load_model
@@ -61,6 +62,7 @@ def run(spec: TrainSpec, ctx: JobContext) -> dict[str, Any]:
     seed_everything(spec.seed)
     model, processor = load_model(spec.model, device=ctx.device, for_training=True)
     model = prepare_model(model, spec)
+    attach_vision_cache(model, spec)  # epochs after the first skip the frozen tower
     lengths = sample_lengths(data.train, processor, spec)
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=spec.optim.lr, weight_decay=spec.optim.weight_decay)

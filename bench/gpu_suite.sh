@@ -18,16 +18,22 @@ start=$SECONDS
 
 if [[ "${1:-}" == "--tiny" ]]; then
     PY="${PY:-.venv/bin/python}"
-    OMP_NUM_THREADS=1 "$PY" bench/jobs_gpu.py --tiny --runs infer:4,infer:6:cap,train:2,train:3:cap \
+    OMP_NUM_THREADS=1 "$PY" bench/jobs_gpu.py --tiny --runs infer:4,infer:6:cap,train:2:e2,train:3:cap \
         --budget-s 300
     exit $?
 fi
 
 PY=python3
-wheels=(.whl/*.whl .bench/jobwheels/*.whl)
-"$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-    --target /tmp/site "${wheels[@]}" || echo "WARNING: carried wheels did not install"
-export PYTHONPATH="/tmp/site:${PYTHONPATH:-}"
+shopt -s nullglob
+wheels=(.whl/*.whl .bench/wheels/*.whl .bench/jobwheels/*.whl)
+shopt -u nullglob
+if ((${#wheels[@]})); then
+    "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+        --target /tmp/site "${wheels[@]}" || echo "WARNING: carried wheels did not install"
+else
+    echo "WARNING: no wheels carried (.whl, .bench/jobwheels): bitsandbytes, pydantic, ... missing"
+fi
+export PYTHONPATH="$PWD:/tmp/site:${PYTHONPATH:-}" HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 "$PY" -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__)"
 
@@ -45,6 +51,6 @@ echo "seed part: $((SECONDS - start)) s"
 #    192/192), train micro-batch 8, and 12 under the cap. Whatever time is left, up to 9 min.
 left=$((525 - (SECONDS - start)))
 TORCHINDUCTOR_CACHE_DIR="${TORCHINDUCTOR_CACHE_DIR:-/tmp/vlmjobs-compile-cache}" \
-    timeout "$left" "$PY" bench/jobs_gpu.py --runs infer:48,infer:96:cap,train:8,train:12:cap \
+    timeout "$left" "$PY" bench/jobs_gpu.py --runs infer:48,infer:96:cap,train:8:e2,train:12:cap \
     --cap-gib 11.5 --seed-json "$OUT/seed_recipe.json" --budget-s $((left - 15))
 echo "suite: $((SECONDS - start)) s; files in $OUT"

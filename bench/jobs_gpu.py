@@ -281,15 +281,18 @@ def part_train(args: argparse.Namespace) -> dict:
     model = {"path": args.model, "quantization": "nf4", "dtype": "bf16"}
     spec = TrainSpec.model_validate({
         "model": model | (TINY_PIXELS if args.tiny else {}), "data": {"path": args.data},
-        "micro_batch_size": mbs, "max_steps": args.steps,
-        "checkpoint": {"every_steps": args.steps}, "eval": {"generate": False, "max_samples": 8},
+        "micro_batch_size": mbs, "max_steps": None if args.epochs else args.steps,
+        "epochs": args.epochs or 1,
+        "checkpoint": {"every_steps": 10**6 if args.epochs else args.steps},
+        "eval": {"generate": False, "max_samples": 8},
     })  # fmt: skip
     loads = time_loads(train, args.device)
     job_id, result, timing = run_job("train", spec, args.device, loads)
     per_step = metric_rows(job_id, "samples_per_s")
     samples = [v for _, v, _ in metric_rows(job_id, "samples")]
     losses = metric_rows(job_id, "loss")
-    config = f"nf4 micro-batch {mbs}, {args.steps} steps{_capped(args)}"
+    length = f"{args.epochs} epochs" if args.epochs else f"{args.steps} steps"
+    config = f"nf4 micro-batch {mbs}, {length}{_capped(args)}"
     row = {"part": f"train_{mbs}", "config": config,
            "micro_batch": mbs, "steps_done": len(per_step), "result": result, **timing,
            "losses": [round(v, 4) for _, v, _ in losses], "events": events(job_id)}  # fmt: skip
@@ -415,8 +418,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--tiny", action="store_true", help="CPU, tiny model, small N")
     ap.add_argument("--n", type=int, help="images (default 192; tiny 12)")
-    ap.add_argument("--runs", help="kind:batch[:cap], comma list (default infer:48,train:8,"
-                    "train:12; tiny infer:4,infer:6:cap,train:2,train:3)")  # fmt: skip
+    ap.add_argument("--runs", help="kind:batch[:cap][:eN epochs], comma list (default infer:48,"
+                    "train:8,train:12; tiny infer:4,infer:6:cap,train:2,train:3)")  # fmt: skip
     ap.add_argument("--cap-gib", type=float, default=11.5, help="GPU cap of the :cap runs")
     ap.add_argument("--seed-json", type=Path, help="seed_recipe.py's JSON of the same call")
     ap.add_argument("--new-tokens", type=int, help="forced new tokens (default 256; tiny 8)")
@@ -426,6 +429,7 @@ def main() -> None:
     ap.add_argument("--part", help=argparse.SUPPRESS)  # child mode
     ap.add_argument("--batch", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--capped", type=float, help=argparse.SUPPRESS)
+    ap.add_argument("--epochs", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--model", help=argparse.SUPPRESS)
     ap.add_argument("--images", help=argparse.SUPPRESS)
     ap.add_argument("--data", help=argparse.SUPPRESS)
@@ -441,10 +445,11 @@ def main() -> None:
         return
     default = "infer:4,infer:6:cap,train:2,train:3" if tiny else "infer:48,train:8,train:12"
     runs = [r.split(":") for r in (args.runs or default).split(",")]
-    bad = [r for r in runs if r[0] not in ("infer", "train") or len(r) not in (2, 3)
-           or not r[1].isdigit() or r[2:] not in ([], ["cap"])]  # fmt: skip
+    flag_ok = {"cap"} | {f"e{n}" for n in range(1, 100)}
+    bad = [r for r in runs if r[0] not in ("infer", "train") or len(r) < 2 or not r[1].isdigit()
+           or not set(r[2:]) <= flag_ok]  # fmt: skip
     if bad:
-        ap.error(f"--runs {bad}: write kind:batch[:cap], kind infer or train, e.g. infer:96:cap")
+        ap.error(f"--runs {bad}: write kind:batch[:cap][:eN], e.g. infer:96:cap or train:8:e2")
     run_all(args, runs)
 
 
@@ -468,14 +473,17 @@ def run_all(args: argparse.Namespace, runs: list[list[str]]) -> None:
 
     rows = info["rows"]
     rows.append(spawn(args, "make", common, min(240, left()), out / "make.log"))
-    for kind, batch, *cap in runs:
-        name = f"{kind}_{batch}" + ("_cap" if cap else "")
+    for kind, batch, *flags in runs:
+        cap = "cap" in flags
+        epochs = [f[1:] for f in flags if f.startswith("e")]
+        name = f"{kind}_{batch}" + ("_cap" if cap else "") + "".join(f"_e{e}" for e in epochs)
         if "error" in rows[0]:
             break
         if left() < 30:
             rows.append({"part": name, "error": f"skipped: {left():.0f} s of --budget-s left"})
             continue
         extra = ["--batch", batch] + (["--capped", str(args.cap_gib)] if cap else [])
+        extra += ["--epochs", epochs[0]] if epochs else []
         limit = 200 if kind == "infer" else 150
         rows.append(spawn(args, kind, common + extra, min(limit, left()), out / f"{name}.log"))
         info["wall_s"] = round(time.time() - start, 1)

@@ -2,6 +2,14 @@
 
     python bench/jobs_gpu.py                  # GPU: random-weight 3B, N=192 images
     python bench/jobs_gpu.py --tiny           # CPU: tiny model, 12 small images (crashes only)
+    python bench/jobs_gpu.py --runs infer:48,infer:96:cap,train:8,train:12:cap --cap-gib 11.5 \
+        --seed-json $OUT/seed_recipe.json     # what bench/gpu_suite.sh runs
+
+``--runs``: jobs to run, ``kind:batch[:cap]``; ``:cap`` runs that job with the process
+capped to ``--cap-gib`` (``torch.cuda.set_per_process_memory_fraction``: a 12 GB card less
+its context is 11.5). A capped infer job runs with its preflight budget lifted, so an
+oversized batch reaches the engine and its out-of-memory recovery is what is measured.
+``--seed-json``: seed_recipe.py's output from the same call; adds the "x seed" column.
 
 Each part runs in its own process (clean peak memory; one failing keeps the others'
 numbers), under its own time limit:
@@ -223,10 +231,13 @@ def part_infer(args: argparse.Namespace) -> dict:
     from vlmjobs.specs.infer import InferSpec
 
     model = {"path": args.model, "dtype": "fp32" if args.tiny else "bf16"}
+    # Capped: the preflight would refuse an oversized batch; lifted, the engine's own
+    # out-of-memory recovery is exercised instead.
+    preflight = {"gpu_memory_gib": 1000.0} if args.cap_gib else {}
     spec = InferSpec.model_validate({
         "model": model | (TINY_PIXELS if args.tiny else {}), "inputs": [args.images],
         "batch_size": args.batch, "max_new_tokens": args.new_tokens,
-        "min_new_tokens": args.new_tokens, "engine": "auto",
+        "min_new_tokens": args.new_tokens, "engine": "auto", "preflight": preflight,
     })  # fmt: skip
     loads = time_loads(infer, args.device)
     job_id, result, timing = run_job("infer", spec, args.device, loads)
@@ -241,8 +252,8 @@ def part_infer(args: argparse.Namespace) -> dict:
         )
         tokens = s.scalar(select(func.sum(Output.generated_tokens)).where(Output.job_id == job_id))
     steps = metric_rows(job_id, "images_per_s")
-    config = f"{model['dtype']} batch {args.batch}, {args.new_tokens} new tokens"
-    row = {"part": "infer", "config": config,
+    config = f"{model['dtype']} batch {args.batch}, {args.new_tokens} new tokens{_capped(args)}"
+    row = {"part": f"infer_{args.batch}", "config": config,
            "images": outputs, "outputs_ok": outputs == args.n, "parse_status": statuses,
            "generated_tokens": tokens, "result": result, **timing,
            "job_images_per_s": result.get("images_per_s"), "events": events(job_id)}  # fmt: skip
@@ -268,14 +279,19 @@ def part_train(args: argparse.Namespace) -> dict:
     model = {"path": args.model, "quantization": "nf4", "dtype": "bf16"}
     spec = TrainSpec.model_validate({
         "model": model | (TINY_PIXELS if args.tiny else {}), "data": {"path": args.data},
-        "micro_batch_size": mbs, "max_steps": args.steps,
-        "checkpoint": {"every_steps": args.steps}, "eval": {"generate": False, "max_samples": 8},
+        "micro_batch_size": mbs, "max_steps": None if args.epochs else args.steps,
+        "epochs": args.epochs or 1,
+        "checkpoint": {"every_steps": 10**6 if args.epochs else args.steps},
+        "eval": {"generate": False, "max_samples": 8},
     })  # fmt: skip
     loads = time_loads(train, args.device)
     job_id, result, timing = run_job("train", spec, args.device, loads)
     per_step = metric_rows(job_id, "samples_per_s")
+    samples = [v for _, v, _ in metric_rows(job_id, "samples")]
     losses = metric_rows(job_id, "loss")
-    row = {"part": f"train_{mbs}", "config": f"nf4 micro-batch {mbs}, {args.steps} steps",
+    length = f"{args.epochs} epochs" if args.epochs else f"{args.steps} steps"
+    config = f"nf4 micro-batch {mbs}, {length}{_capped(args)}"
+    row = {"part": f"train_{mbs}", "config": config,
            "micro_batch": mbs, "steps_done": len(per_step), "result": result, **timing,
            "losses": [round(v, 4) for _, v, _ in losses], "events": events(job_id)}  # fmt: skip
     # Per step: the job's own rate, and the wall gap between consecutive metric rows.
@@ -285,7 +301,10 @@ def part_train(args: argparse.Namespace) -> dict:
     if len(per_step) > 1:
         row["step_s_per_sample"] = round(statistics.median(1 / v for _, v, _ in per_step[1:]), 4)
         span = (per_step[-1][2] - per_step[0][2]).total_seconds()
-        row["wall_s_per_sample"] = round(span / (mbs * (len(per_step) - 1)), 4)
+        # Samples the steps after step 1 actually saw: a short last micro-batch of an
+        # epoch makes it fewer than micro-batch x steps.
+        seen = sum(samples[1:]) if len(samples) == len(per_step) else mbs * (len(per_step) - 1)
+        row["wall_s_per_sample"] = round(span / seen, 4)
     if per_step and "loaded_at" in loads:
         row["until_step1_s"] = round((per_step[0][2] - loads["loaded_at"]).total_seconds(), 1)
     workdir = settings.artifacts_root() / "jobs" / str(job_id)
@@ -303,8 +322,17 @@ def child(args: argparse.Namespace) -> dict:
     home = Path(tempfile.mkdtemp(prefix=f"vlmjobs-{args.part}-", dir=args.work))
     os.environ |= {"VLMJOBS_HOME": str(home), "VLMJOBS_ARTIFACTS": str(home / "artifacts"),
                    "VLMJOBS_DB_URL": f"sqlite:///{home / 'vlmjobs.db'}"}  # fmt: skip
+    if args.cap_gib and args.device == "cuda":
+        import torch
+
+        total = torch.cuda.get_device_properties(0).total_memory
+        torch.cuda.set_per_process_memory_fraction(args.cap_gib * GIB / total, 0)
     parts = {"make": part_make, "infer": part_infer, "train": part_train}
     return parts[args.part](args)
+
+
+def _capped(args: argparse.Namespace) -> str:
+    return f", capped {args.cap_gib} GiB" if args.cap_gib else ""
 
 
 # ---------------------------------------------------------------- parent
@@ -331,28 +359,56 @@ def spawn(args: argparse.Namespace, part: str, extra: list[str], timeout: float,
     return row
 
 
-def table(rows: list[dict]) -> str:
-    head = ("| job | config | images/s (steady) or s/sample (step; wall) | peak GiB alloc "
+def seed_rates(path: Path | None) -> dict[str, float]:
+    """The seed recipe's anchors from seed_recipe.json: train s/sample, infer images/s."""
+    if path is None or not path.is_file():
+        return {}
+    found = {r.get("config", ""): r for r in json.loads(path.read_text())["results"]}
+    rates = {}
+    for name, row in found.items():
+        if name.startswith("seed000") and "s_per_sample_median" in row:
+            rates["train"] = row["s_per_sample_median"]
+        if name == "bf16 generate bs16" and "images_per_s" in row:
+            rates["infer"] = row["images_per_s"]
+    return rates
+
+
+def _ratio(ours: float | None, seed: float | None, higher_is_better: bool) -> str:
+    if not ours or not seed:
+        return "-"
+    return f"{(ours / seed if higher_is_better else seed / ours):.2f}x"
+
+
+def table(rows: list[dict], seed: dict[str, float]) -> str:
+    head = ("| job | config | whole job | steady | x seed (whole; steady) | peak GiB alloc "
             "(reserved) | load s (peak GiB) | job wall s incl. load | check |")  # fmt: skip
-    lines = [head, "|" + " --- |" * 7]
+    anchors = [f"train {seed['train']} s/sample" if "train" in seed else "",
+               f"infer bf16 bs16 {seed['infer']} images/s" if "infer" in seed else ""]  # fmt: skip
+    lines = [f"seed recipe, same call: {'; '.join(a for a in anchors if a) or 'not run'}", "",
+             head, "|" + " --- |" * 9]  # fmt: skip
     for r in rows:
         if r.get("part") == "make":
             continue
         if "error" in r and "wall_s" not in r:
-            lines.append(f"| {r['part']} | | error: {r['error'][-160:]!r} | | | | |")
+            lines.append(f"| {r['part']} | | error: {r['error'][-160:]!r} | | | | | | |")
             continue
-        if r["part"] == "infer":
-            speed = f"{r.get('job_images_per_s')} ({r.get('steady_images_per_s')})"
+        if r["part"].startswith("infer"):
+            whole, steady = r.get("job_images_per_s"), r.get("steady_images_per_s")
+            units, better, anchor = "images/s", True, seed.get("infer")
             check = f"outputs {r['images']} == N: {r['outputs_ok']}"
+            ooms = [e for e in r.get("events", []) if "out of memory" in e]
+            check += f"; {len(ooms)} OOM halvings" if ooms else ""
         else:
-            speed = f"{r.get('step_s_per_sample')}; {r.get('wall_s_per_sample')}"
+            whole, steady = r.get("wall_s_per_sample"), r.get("step_s_per_sample")
+            units, better, anchor = "s/sample", False, seed.get("train")
             check = f"steps {r['steps_done']}, ckpts {r['checkpoints']}, adapter {r['adapter_ok']}"
         if "error" in r.get("result", {}):
             check += f"; ERROR {r['result']['error'][:120]}"
+        x = f"{_ratio(whole, anchor, better)}; {_ratio(steady, anchor, better)}"
         mem = f"{r.get('peak_alloc_gib', '-')} ({r.get('peak_reserved_gib', '-')})"
         load = f"{r.get('load_s', '-')} ({r.get('load_peak_gib', '-')})"
-        lines.append(f"| {r['part']} | {r['config']} | {speed} | {mem} | {load} | "
-                     f"{r.get('wall_s', '-')} | {check} |")  # fmt: skip
+        lines.append(f"| {r['part']} | {r['config']} | {whole} {units} | {steady} | {x} | "
+                     f"{mem} | {load} | {r.get('wall_s', '-')} | {check} |")  # fmt: skip
     return "\n".join(lines)
 
 
@@ -360,31 +416,42 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--tiny", action="store_true", help="CPU, tiny model, small N")
     ap.add_argument("--n", type=int, help="images (default 192; tiny 12)")
-    ap.add_argument("--batch", type=int, help="infer batch (default 48; tiny 4)")
+    ap.add_argument("--runs", help="kind:batch[:cap][:eN epochs], comma list (default infer:48,"
+                    "train:8,train:12; tiny infer:4,infer:6:cap,train:2,train:3)")  # fmt: skip
+    ap.add_argument("--cap-gib", type=float, default=11.5, help="GPU cap of the :cap runs")
+    ap.add_argument("--seed-json", type=Path, help="seed_recipe.py's JSON of the same call")
     ap.add_argument("--new-tokens", type=int, help="forced new tokens (default 256; tiny 8)")
-    ap.add_argument("--mbs", help="train micro-batches, comma list (default 8,12; tiny 2,3)")
     ap.add_argument("--steps", type=int, help="train steps (default 6; tiny 3)")
-    ap.add_argument("--parts", default="infer,train", help="which jobs to run")
     ap.add_argument("--budget-s", type=float, default=500, help="all parts together")
     ap.add_argument("--work", type=Path, help="scratch dir (default: a new temp dir)")
     ap.add_argument("--part", help=argparse.SUPPRESS)  # child mode
+    ap.add_argument("--batch", type=int, help=argparse.SUPPRESS)
+    ap.add_argument("--capped", type=float, help=argparse.SUPPRESS)
+    ap.add_argument("--epochs", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--model", help=argparse.SUPPRESS)
     ap.add_argument("--images", help=argparse.SUPPRESS)
     ap.add_argument("--data", help=argparse.SUPPRESS)
     args = ap.parse_args()
     tiny = args.tiny
     args.n = args.n or (12 if tiny else 192)
-    args.batch = args.batch or (4 if tiny else 48)
     args.new_tokens = args.new_tokens or (8 if tiny else 256)
     args.steps = args.steps or (3 if tiny else 6)
     args.device = "cpu" if tiny else "cuda"
     if args.part:
+        args.cap_gib = args.capped  # only the child of a :cap run is capped
         print("RESULT " + json.dumps(child(args), default=str), flush=True)
         return
-    run_all(args, [int(b) for b in (args.mbs or ("2,3" if tiny else "8,12")).split(",")])
+    default = "infer:4,infer:6:cap,train:2,train:3" if tiny else "infer:48,train:8,train:12"
+    runs = [r.split(":") for r in (args.runs or default).split(",")]
+    flag_ok = {"cap"} | {f"e{n}" for n in range(1, 100)}
+    bad = [r for r in runs if r[0] not in ("infer", "train") or len(r) < 2 or not r[1].isdigit()
+           or not set(r[2:]) <= flag_ok]  # fmt: skip
+    if bad:
+        ap.error(f"--runs {bad}: write kind:batch[:cap][:eN], e.g. infer:96:cap or train:8:e2")
+    run_all(args, runs)
 
 
-def run_all(args: argparse.Namespace, mbs: list[int]) -> None:
+def run_all(args: argparse.Namespace, runs: list[list[str]]) -> None:
     start = time.time()
     out = Path(os.environ.get("OUT") or tempfile.mkdtemp(prefix="jobs_gpu_out-"))
     out.mkdir(parents=True, exist_ok=True)
@@ -404,21 +471,24 @@ def run_all(args: argparse.Namespace, mbs: list[int]) -> None:
 
     rows = info["rows"]
     rows.append(spawn(args, "make", common, min(240, left()), out / "make.log"))
-    jobs = [("infer", ["--batch", str(args.batch)], 200)]
-    jobs += [(f"train_{b}", ["--batch", str(b)], 150) for b in mbs]
-    for name, extra, limit in jobs:
-        if name.split("_")[0] not in args.parts or "error" in rows[0]:
-            continue
+    for kind, batch, *flags in runs:
+        cap = "cap" in flags
+        epochs = [f[1:] for f in flags if f.startswith("e")]
+        name = f"{kind}_{batch}" + ("_cap" if cap else "") + "".join(f"_e{e}" for e in epochs)
+        if "error" in rows[0]:
+            break
         if left() < 30:
             rows.append({"part": name, "error": f"skipped: {left():.0f} s of --budget-s left"})
             continue
-        rows.append(spawn(args, name.split("_")[0], common + extra, min(limit, left()),
-                          out / f"{name}.log"))  # fmt: skip
+        extra = ["--batch", batch] + (["--capped", str(args.cap_gib)] if cap else [])
+        extra += ["--epochs", epochs[0]] if epochs else []
+        limit = 200 if kind == "infer" else 150
+        rows.append(spawn(args, kind, common + extra, min(limit, left()), out / f"{name}.log"))
         info["wall_s"] = round(time.time() - start, 1)
         (out / "jobs_gpu.json").write_text(json.dumps(info, indent=1, default=str))
     info["wall_s"] = round(time.time() - start, 1)
     (out / "jobs_gpu.json").write_text(json.dumps(info, indent=1, default=str))
-    print(table(rows))
+    print(table(rows, seed_rates(args.seed_json)))
     print(f"total {time.time() - start:.0f} s; JSON in {out / 'jobs_gpu.json'}")
 
 

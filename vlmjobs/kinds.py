@@ -34,7 +34,13 @@ KINDS: dict[str, Kind] = {
             "gpu",
             preflight="vlmjobs.jobs.train:preflight",
         ),
-        Kind("infer", "vlmjobs.specs.infer:InferSpec", "vlmjobs.jobs.infer:run", "gpu"),
+        Kind(
+            "infer",
+            "vlmjobs.specs.infer:InferSpec",
+            "vlmjobs.jobs.infer:run",
+            "gpu",
+            preflight="vlmjobs.jobs.infer_memory:preflight",
+        ),
         Kind("eval", "vlmjobs.specs.eval:EvalSpec", "vlmjobs.jobs.eval:run", "gpu"),
     ]
 }

@@ -28,16 +28,18 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-import torch
 from PIL import Image
 
 from vlmjobs.jobs.context import JobContext, OutputRecord, RegionRecord
 from vlmjobs.jobs.infer_inputs import RawItem, byte_limit, count_items, decode_image, iter_items
+from vlmjobs.jobs.infer_memory import plan_batch
 from vlmjobs.jobs.infer_plan import Plan, make_plan
 from vlmjobs.jobs.infer_score import region_scores
 from vlmjobs.specs.infer import InferSpec
+from vlmjobs.vision import tasks
 from vlmjobs.vision.frames import input_size
 from vlmjobs.vision.generate import Generation, Generator
 from vlmjobs.vision.inputs import build_inputs
@@ -91,6 +93,7 @@ class Tally:
 def run(spec: InferSpec, ctx: JobContext) -> dict[str, Any]:
     plan = make_plan(spec, device=ctx.device)
     ctx.log.info("infer plan: %s", plan.describe())
+    spec = preflight(spec, plan, ctx)
     processor, generator = _engine(spec, plan, ctx)
     total = count_items(spec.inputs, spec.include, spec.exclude)
     if spec.limit is not None:
@@ -118,6 +121,20 @@ def run(spec: InferSpec, ctx: JobContext) -> dict[str, Any]:
     # yields fewer items than its headers promised).
     ctx.progress(tally.done, total if stopped else tally.done)
     return _summary(tally, stopped, ctx.output_counts())
+
+
+def preflight(spec: InferSpec, plan: Plan, ctx: JobContext) -> InferSpec:
+    """The spec with the batch size that fits preflight.gpu_memory_gib, its arithmetic in
+    the job's events; raises PreflightError when it cannot fit. Sized with the plan's
+    pixel limits and prompt (the manifest's), which submit may not have known."""
+    if not (Path(plan.model.path).expanduser() / "config.json").is_file():
+        return spec  # a hub id: nothing local to size the model from
+    system = plan.system or tasks.DEFAULT_SYSTEM
+    batch, estimate = plan_batch(spec, max_pixels=plan.max_pixels, prompt=system + plan.prompt)
+    arithmetic = "\n".join(estimate.lines)
+    adjusted = f" (adjusted from {spec.batch_size})" if batch != spec.batch_size else ""
+    ctx.event(f"preflight: batch {batch}{adjusted} -> {estimate.total_gib:.1f} GiB\n{arithmetic}")
+    return spec.model_copy(update={"batch_size": batch})
 
 
 def _engine(spec: InferSpec, plan: Plan, ctx: JobContext) -> tuple[Any, Generator]:
@@ -320,7 +337,7 @@ def _inputs(processor: Any, ready: list[Ready], plan: Plan) -> Any:
     )
 
 
-# --- the main thread: generate (splitting on OOM), parse, score, dedup ------------------------
+# --- the main thread: generate (halving on OOM), parse, score, dedup ------------------------
 
 
 def label(
@@ -336,42 +353,20 @@ def label(
     """Generate for one batch (``batch``: its prepared inputs, built here when None) and
     turn each answer into an output with its regions; ``event`` hears about OOM splits."""
     started = time.monotonic()
-    gens = _generate_split(generator, processor, ready, batch, spec, plan, event)
+    # On CUDA out-of-memory the Generator frees the failed batch's cache and graphs and goes
+    # on at half the batch, down to one image (vision/generate.py); ``event`` hears of it.
+    gens = generator.generate(
+        batch if batch is not None else _inputs(processor, ready, plan),
+        max_new_tokens=spec.max_new_tokens,
+        min_new_tokens=spec.min_new_tokens,
+        repetition_penalty=spec.repetition_penalty,
+        on_oom=None if event is None else lambda message: event(message, "warning"),
+    )
     share_ms = (time.monotonic() - started) * 1000 / len(ready)
     tokenizer = getattr(processor, "tokenizer", processor)
     return [
         _output(r, g, tokenizer, spec, plan, share_ms) for r, g in zip(ready, gens, strict=True)
     ]
-
-
-def _generate_split(
-    generator: Generator,
-    processor: Any,
-    ready: list[Ready],
-    batch: Any,
-    spec: InferSpec,
-    plan: Plan,
-    event: Callable[[str, str], None] | None,
-) -> list[Generation]:
-    """Generate; on CUDA out-of-memory retry as two halves, recursively, down to one image."""
-    try:
-        return generator.generate(
-            batch if batch is not None else _inputs(processor, ready, plan),
-            max_new_tokens=spec.max_new_tokens,
-            min_new_tokens=spec.min_new_tokens,
-            repetition_penalty=spec.repetition_penalty,
-        )
-    except torch.OutOfMemoryError:
-        if len(ready) == 1:
-            raise
-        torch.cuda.empty_cache()
-        half = len(ready) // 2
-        if event is not None:
-            event(f"CUDA out of memory at batch {len(ready)}: retrying as {half} + rest", "warning")
-        args = (spec, plan, event)
-        return _generate_split(generator, processor, ready[:half], None, *args) + _generate_split(
-            generator, processor, ready[half:], None, *args
-        )
 
 
 def _output(

@@ -48,6 +48,7 @@ from vlmjobs.jobs.train_model import (
     prepare_model,
 )
 from vlmjobs.jobs.train_report import Trackers, eval_line, step_line
+from vlmjobs.jobs.train_vision_cache import attach_vision_cache
 from vlmjobs.specs.train import TrainSpec
 from vlmjobs.vision.manifest import Manifest
 from vlmjobs.vision.model import load_model
@@ -67,6 +68,7 @@ def run(spec: TrainSpec, ctx: JobContext) -> dict[str, Any]:
     seed_everything(spec.seed)
     model, processor = load_model(spec.model, device=ctx.device, for_training=True)
     model = prepare_model(model, spec)
+    attach_vision_cache(model, spec)  # epochs after the first skip the frozen tower
     lengths = sample_lengths(data.train, processor, spec)
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=spec.optim.lr, weight_decay=spec.optim.weight_decay)
@@ -117,6 +119,7 @@ def run(spec: TrainSpec, ctx: JobContext) -> dict[str, Any]:
                 "lr": lr,
                 "grad_norm": float(grad_norm),
                 "samples_per_s": speed,
+                "samples": n_samples,  # a short last micro-batch makes this vary
             }
             record_step(ctx, state, step_values, total, trackers)
             if state.step % spec.log_every_steps == 0 or state.step == total:

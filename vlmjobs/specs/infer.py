@@ -46,6 +46,18 @@ class DedupSpec(Strict):
     phrase_similarity: Literal["exact", "embedding"] = "exact"
 
 
+class InferPreflightSpec(Strict):
+    """Estimate peak GPU memory at submit and before loading: batch x tokens -> KV cache +
+    prefill + weights, from the model's config.json, images at max_pixels."""
+
+    # The card's budget; the design point is a 12 GB card.
+    gpu_memory_gib: float = Field(12.0, gt=0)
+    # refuse: fail (exit 2 at submit) showing the arithmetic; adjust: run at the largest
+    # batch that fits (the job's events show it). Either way, an out-of-memory error while
+    # running halves the batch, down to one image.
+    on_exceed: Literal["refuse", "adjust"] = "refuse"
+
+
 class InferSpec(JobSpec):
     """Label images with a (fine-tuned) Qwen2.5-VL; one output row per image, regions per output."""
 
@@ -92,6 +104,7 @@ class InferSpec(JobSpec):
     # Pixel budget of the model's input frame; None: the adapter manifest's, else model's.
     min_pixels: int | None = Field(None, ge=PATCH * PATCH)
     max_pixels: int | None = Field(None, ge=PATCH * PATCH)
+    preflight: InferPreflightSpec = Field(default_factory=InferPreflightSpec)
 
     @field_validator("inputs")
     @classmethod

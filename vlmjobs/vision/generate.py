@@ -19,6 +19,8 @@ They measure the model's own confidence in each token, whatever the decoding set
 
 from __future__ import annotations
 
+import gc
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -71,8 +73,13 @@ class Generator:
         temperature: float = 1.0,
         top_p: float = 1.0,
         seed: int | None = None,
+        on_oom: Callable[[str], None] | None = None,
     ) -> list[Generation]:
-        """One Generation per row of ``batch`` (left padded: vision.inputs.build_inputs)."""
+        """One Generation per row of ``batch`` (left padded: vision.inputs.build_inputs).
+
+        Rows go through in slices of ``max_batch``. On GPU out-of-memory the slice is retried
+        at half the size, down to one row (then the error is raised); ``on_oom`` hears of each
+        halving, and the lower ``max_batch`` stays for later calls."""
         if not 0 <= min_new_tokens <= max_new_tokens:
             raise ValueError(
                 f"min_new_tokens={min_new_tokens}, max_new_tokens={max_new_tokens}: "
@@ -95,18 +102,46 @@ class Generator:
         # Sampling and repetition penalty go through transformers; the fast path is greedy only.
         use_static = self.engine == "static" and not do_sample and repetition_penalty == 1.0
         results: list[Generation] = []
-        n = batch["input_ids"].shape[0]
-        for start in range(0, n, self.max_batch):
-            part = slice_batch(batch, start, min(n, start + self.max_batch), self.model.config)
+        n, start = batch["input_ids"].shape[0], 0
+        while start < n:
+            stop = min(n, start + self.max_batch)
+            part = slice_batch(batch, start, stop, self.model.config)
             part = with_token_types(part, self.model.config)
-            if use_static:
-                ids, logprobs = self._static_decoder().generate(
-                    part, max_new_tokens, min_new_tokens
-                )
+            try:
+                if use_static:
+                    ids, logprobs = self._static_decoder().generate(
+                        part, max_new_tokens, min_new_tokens
+                    )
+                else:
+                    ids, logprobs = generate_hf(
+                        self.model, part, self.eos_ids, self.pad_id, settings
+                    )
+            except torch.OutOfMemoryError:
+                if stop - start == 1:
+                    raise  # nothing left to split: the model alone does not fit
             else:
-                ids, logprobs = generate_hf(self.model, part, self.eos_ids, self.pad_id, settings)
-            results += self._finish(part, ids, logprobs)
+                results += self._finish(part, ids, logprobs)
+                start = stop
+                continue
+            # Here, past the except block, the failed batch's frames (and tensors) are gone.
+            self._shrink(stop - start, on_oom)
         return results
+
+    def _shrink(self, failed_rows: int, on_oom: Callable[[str], None] | None) -> None:
+        """After out-of-memory at ``failed_rows``: halve max_batch for this and later batches
+        (the card will not get bigger), free what the failed batch held, tell the caller."""
+        self.max_batch = max(1, failed_rows // 2)
+        if self._static is not None:
+            self._static.release()
+            self._static.max_batch = self.max_batch
+        gc.collect()  # tensors in reference cycles (e.g. a traceback) hold GPU memory too
+        if torch.cuda.is_initialized():
+            torch.cuda.empty_cache()  # give the cached blocks back so the retry can use them
+        if on_oom is not None:
+            on_oom(
+                f"GPU out of memory at batch {failed_rows}: KV cache and graphs freed, "
+                f"continuing at batch {self.max_batch}"
+            )
 
     def _static_decoder(self) -> Any:
         if self._static is None:

@@ -21,6 +21,7 @@ components equal ``len_i + rope_delta_i + t``, so its rotary embedding is the pl
 from __future__ import annotations
 
 import logging
+import os
 import time
 from typing import Any
 
@@ -64,7 +65,7 @@ class StaticDecoder:
         self.dtype = self.lm.embed_tokens.weight.dtype
         self.eos = torch.tensor(eos_ids, device=self.device)
         self.cuda_graphs = self.device.type == "cuda" if cuda_graphs is None else cuda_graphs
-        self.keys: list[torch.Tensor] = []  # per layer (max_batch, kv_heads, S, head_dim)
+        self.keys: list[torch.Tensor] = []  # per layer (rows, kv_heads, S, head_dim)
         self.values: list[torch.Tensor] = []
         self.graphs: dict[tuple[int, int], tuple[torch.cuda.CUDAGraph, dict]] = {}
         rotary = self.lm.rotary_emb
@@ -72,7 +73,10 @@ class StaticDecoder:
         self.rope_scale = float(getattr(rotary, "attention_scaling", 1.0))
         self.eps = float(self.lm.norm.variance_epsilon)
         on_cuda = self.device.type == "cuda"
-        self.fused = FUSED if not (on_cuda if compile_kernels is None else compile_kernels) else {
+        compiling = on_cuda if compile_kernels is None else compile_kernels
+        if compiling:
+            persistent_compile_cache()
+        self.fused = FUSED if not compiling else {
             name: torch.compile(fn, dynamic=False, fullgraph=True) for name, fn in FUSED.items()
         }  # fmt: skip
         self.timing: dict[str, float] = {}  # of the last batch: prefill_s, decode_s, steps
@@ -87,7 +91,18 @@ class StaticDecoder:
         if rows > self.max_batch:
             raise ValueError(f"batch of {rows} rows > max_batch={self.max_batch}: slice it first")
         slots = -(-(length + max_new_tokens) // SLOT_ROUND) * SLOT_ROUND
-        self._ensure_cache(slots)
+        try:
+            return self._generate(batch, rows, slots, max_new_tokens, min_new_tokens)
+        except torch.OutOfMemoryError:
+            # What this batch sized (cache rows, graphs and their pools) must not outlive it,
+            # or the smaller retry finds the card as full as before.
+            self.release()
+            raise
+
+    def _generate(
+        self, batch: BatchFeature, rows: int, slots: int, max_new_tokens: int, min_new_tokens: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        self._ensure_cache(rows, slots)
         state = self._state(rows, slots)
         clock = Clock(self.device)
         logits = self._prefill(batch, state)
@@ -117,15 +132,29 @@ class StaticDecoder:
         self.timing = clock.read() | {"steps": t}
         return result
 
-    def _ensure_cache(self, slots: int) -> None:
-        if self.keys and self.keys[0].shape[2] >= slots:
+    @property
+    def cache_shape(self) -> tuple[int, int]:
+        """(rows, slots) the KV cache holds now; (0, 0) before the first batch or after release."""
+        return (self.keys[0].shape[0], self.keys[0].shape[2]) if self.keys else (0, 0)
+
+    def _ensure_cache(self, rows: int, slots: int) -> None:
+        """A cache of at least (rows, slots): sized by the batches seen, not by max_batch, so a
+        small job or a retry after out-of-memory holds only what it uses."""
+        have_rows, have_slots = self.cache_shape
+        if have_rows >= rows and have_slots >= slots:
             return
-        self.keys, self.values, self.graphs = [], [], {}  # free the old cache before the new one
-        shape = (self.max_batch, self.kv_heads, slots, self.head_dim)
+        self.release()  # free the old cache before allocating the new one
+        shape = (max(rows, have_rows), self.kv_heads, max(slots, have_slots), self.head_dim)
         for _ in self.lm.layers:
             # zeros, not empty: masked slots are multiplied by 0 in attention, and 0 * NaN = NaN
             self.keys.append(torch.zeros(shape, dtype=self.dtype, device=self.device))
             self.values.append(torch.zeros(shape, dtype=self.dtype, device=self.device))
+
+    def release(self) -> None:
+        """Drop the KV cache and the captured graphs (each holds its own memory pool); the
+        next batch allocates what it needs. The caller empties the allocator's cache once
+        the failed batch's frames are gone (after its ``except`` block)."""
+        self.keys, self.values, self.graphs = [], [], {}
 
     def _state(self, rows: int, slots: int) -> dict[str, torch.Tensor]:
         """The decode step's inputs and outputs; a captured graph reads and writes these very
@@ -283,6 +312,17 @@ class StaticDecoder:
                 self.graphs.pop(next(iter(self.graphs)))
             self.graphs[key] = (graph, state)
         return self.graphs[key][0].replay
+
+
+def persistent_compile_cache() -> str:
+    """Keep inductor's compiled kernels (FX graph, AOTAutograd and Triton caches) under
+    VLMJOBS_HOME, on local disk, so a new worker process or a rebooted host reuses them:
+    the first batch of a job spent ~6 s compiling cold against a warm cache. Unless the
+    user set TORCHINDUCTOR_CACHE_DIR; inductor reads it when it first compiles."""
+    from vlmjobs import settings
+
+    default = str(settings.home() / "compile-cache")
+    return os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", default)
 
 
 class Clock:

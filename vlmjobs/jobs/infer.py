@@ -38,7 +38,6 @@ from vlmjobs.jobs.infer_inputs import RawItem, count_items, decode_image, iter_i
 from vlmjobs.jobs.infer_plan import Plan, make_plan
 from vlmjobs.jobs.infer_score import region_scores
 from vlmjobs.specs.infer import InferSpec
-from vlmjobs.vision.frames import input_size
 from vlmjobs.vision.generate import Generation, Generator
 from vlmjobs.vision.inputs import build_inputs
 from vlmjobs.vision.model import load_model
@@ -279,7 +278,7 @@ def prepare(raw: RawItem, spec: InferSpec, plan: Plan) -> Ready | OutputRecord:
         if decoded.image is not None:
             size = decoded.image.size
             try:
-                frame = input_size(size, plan.min_pixels, plan.max_pixels)
+                frame = plan.input_size(size)
                 return Ready(raw.key, raw.source, decoded.image, size, frame)
             except ValueError as e:  # e.g. an aspect ratio the processor rejects
                 error = str(e)

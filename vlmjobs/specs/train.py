@@ -272,11 +272,13 @@ class TrainSpec(JobSpec):
         from vlmjobs.errors import DataError, PreflightError
         from vlmjobs.jobs.train import plan_memory
         from vlmjobs.jobs.train_data import check_frame, load_data, read_manifest
+        from vlmjobs.vision.model import model_family
 
         directory = self.data_dir()
         if directory is not None and (directory / "manifest.json").is_file():
             try:
-                check_frame(read_manifest(directory / "manifest.json"), self)
+                family = model_family(self.model.path)
+                check_frame(read_manifest(directory / "manifest.json"), self, family)
             except DataError as error:
                 raise ValueError(str(error)) from None
         if self.preflight.on_exceed != "refuse":

@@ -133,7 +133,10 @@ def _engine(spec: InferSpec, plan: Plan, ctx: JobContext) -> tuple[Any, Generato
         held["generators"] = {
             key: Generator(model, processor, max_batch=spec.batch_size, engine=spec.engine)
         }
-    return processor, held["generators"][key]
+    generator = held["generators"][key]
+    if generator.engine_note and next(model.parameters()).device.type == "cuda":
+        ctx.event(f"engine: {generator.engine_note}", "warning")
+    return processor, generator
 
 
 def _consume(

@@ -19,17 +19,22 @@ def dev() -> None:
 @click.argument("out", type=click.Path(file_okay=False, path_type=Path))
 @click.option(
     "--arch",
-    type=click.Choice(["tiny", "3b", "7b"]),
+    type=click.Choice(
+        ["tiny", "3b", "7b"]
+        + ["tiny-qwen2vl", "tiny-qwen3vl", "qwen3vl-2b", "qwen3vl-4b", "qwen3vl-8b"]
+    ),
     default="tiny",
     show_default=True,
-    help="tiny: tests and demo (~0.45 M params); 3b/7b: the real architectures, random weights",
+    help="tiny: tests and demo (~0.45 M params); 3b/7b: the real Qwen2.5-VL architectures, "
+    "random weights; tiny-qwen2vl / tiny-qwen3vl: tiny Qwen2-VL / Qwen3-VL; qwen3vl-2b/4b/8b: "
+    "the real Qwen3-VL architectures, random weights",
 )
 @click.option("--seed", type=int, default=0, show_default=True, help="same seed, same weights")
 @click.option(
     "--device", default="cpu", show_default=True, help="where to build (cuda: fast 3b/7b)"
 )
 def make_model_cmd(out: Path, arch: str, seed: int, device: str) -> None:
-    """Write a random-weight Qwen2.5-VL checkpoint to OUT, built offline."""
+    """Write a random-weight Qwen-VL checkpoint to OUT, built offline."""
     from vlmjobs.vision.build import make_model
 
     started = time.monotonic()

@@ -272,6 +272,10 @@ def make_model(out: Path, arch: str = "tiny", seed: int = 0, *, device: str = "c
     Same ``seed`` -> identical weights and files. 3b/7b are built in bf16 (their real
     dtype; ~7.5 / 16 GB); pass ``device="cuda"`` to build them fast on a GPU.
     """
+    if arch in family_archs():  # Qwen2-VL / Qwen3-VL: vision/build_family.py
+        from vlmjobs.vision.build_family import make_family_model
+
+        return make_family_model(out, arch, seed, device=device)
     _check_arch(arch)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -288,6 +292,13 @@ def make_model(out: Path, arch: str = "tiny", seed: int = 0, *, device: str = "c
     tok.save_pretrained(out)
     _save_preprocessor(out)
     return out
+
+
+def family_archs() -> tuple[str, ...]:
+    """The other families' archs (tiny-qwen2vl, tiny-qwen3vl, qwen3vl-4b, ...)."""
+    from vlmjobs.vision.build_family import FAMILY_ARCHS
+
+    return tuple(FAMILY_ARCHS)
 
 
 def _save_preprocessor(out: Path) -> None:

@@ -3,7 +3,7 @@ through the real CLI, one real worker process, Redis and SQLite, on tiny checkpo
 
 The targets clean writes must be in the family's convention (0-1000 for both) and frame
 (multiples of 28 / 32); train must carry the family into the adapter's manifest; infer must
-read the adapter back, decode with the family's engine and finish every image.
+read the adapter back, decode with the static engine (LoRA included) and finish every image.
 """
 
 from __future__ import annotations
@@ -91,7 +91,7 @@ def test_clean_train_infer_through_a_worker(
     infer = submit(vlmjobs_cli, wait_for_state, "infer", tmp_path / "infer.yaml", {
         "model": {"path": str(model), "adapter": f"job:{train.id}", "dtype": "fp32"},
         "inputs": [str(shapes / "images")], "batch_size": 4, "max_new_tokens": 8,
-        "engine": "static",  # not runnable for these families: falls back to generate
+        "engine": "static",  # the static-KV-cache engine, eager on a CPU
     }, timeout=180)  # fmt: skip
     assert (infer.result["images"], infer.result["ok"] + infer.result["failed"]) == (6, 6)
     assert infer.result["failed"] == 0

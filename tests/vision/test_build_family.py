@@ -41,20 +41,56 @@ def test_tiny_loads_as_its_family_with_a_pinned_frame(tiny: Path) -> None:
     assert text.endswith("<|im_start|>assistant\n")
 
 
-def test_static_engine_falls_back_to_generate_with_a_reason(tiny: Path, caplog) -> None:
+def _spread_weights(model: torch.nn.Module) -> None:
+    """Random init gives a tiny model that repeats one token; noise makes every step differ,
+    so an engine that got one layer wrong (a missing q/k norm) shows in the tokens."""
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn(p.shape, generator=g) * 0.5)
+
+
+def _images_and_batch(processor):
+    images = [Image.new("RGB", (64 + 60 * i, 150 - 30 * i), (50 * i, 90, 9)) for i in range(3)]
+    prompts = ["Describe the image.", "Find the circle.", "Caption"]
+    return images, build_inputs(processor, images, prompts)
+
+
+def test_static_engine_equals_generate_greedy(tiny: Path) -> None:
+    """Qwen2-VL and Qwen3-VL (q/k norms, interleaved MRoPE, DeepStack in the prefill)."""
     model, processor = load_model(ModelSpec(path=str(tiny), dtype="fp32"))
+    _spread_weights(model)
+    images, batch = _images_and_batch(processor)
+    hf = Generator(model, processor, engine="hf").generate(batch, max_new_tokens=10)
+    static = Generator(model, processor, engine="static", max_batch=2)
+    assert static.engine == "static" and static.engine_note is None
+    for _ in range(2):  # the second batch reuses the cache
+        out = static.generate(batch, max_new_tokens=10)
+        assert [g.token_ids for g in out] == [g.token_ids for g in hf]
+        for a, b in zip(out, hf, strict=True):
+            torch.testing.assert_close(a.logprobs, b.logprobs, atol=1e-4, rtol=1e-4)
+    assert len({t for g in hf for t in g.token_ids}) >= 5  # not one repeated token
+    single = [
+        Generator(model, processor, engine="hf").generate(
+            build_inputs(processor, [im], [p]), max_new_tokens=10
+        )[0]
+        for im, p in zip(
+            images, ["Describe the image.", "Find the circle.", "Caption"], strict=True
+        )
+    ]
+    assert [g.token_ids for g in single] == [g.token_ids for g in hf]  # left padding is inert
+
+
+def test_an_engine_it_cannot_run_falls_back_with_a_reason(tmp_path: Path, caplog) -> None:
+    moe = make_model(tmp_path / "moe", "tiny-qwen3vlmoe", seed=0)
+    model, processor = load_model(ModelSpec(path=str(moe), dtype="fp32"))
     with caplog.at_level(logging.WARNING, logger="vlmjobs.vision.generate"):
         generator = Generator(model, processor, max_batch=2, engine="static")
     assert generator.engine == "hf"
-    assert "static engine" in caplog.text and family_of(tiny).title.split()[0] in caplog.text
-    images = [Image.new("RGB", (64 + 20 * i, 48), (50 * i, 90, 9)) for i in range(3)]
-    batch = build_inputs(processor, images, ["Describe."] * 3)
-    together = [g.token_ids for g in generator.generate(batch, max_new_tokens=6)]
-    alone = [
-        generator.generate(build_inputs(processor, [im], ["Describe."]), max_new_tokens=6)[0]
-        for im in images
-    ]
-    assert together == [g.token_ids for g in alone]  # left padding changes nothing
+    assert "Qwen3-VL-MoE" in caplog.text and "generate" in caplog.text
+    _, batch = _images_and_batch(processor)
+    out = generator.generate(batch, max_new_tokens=4)
+    assert [len(g.token_ids) for g in out] == [4, 4, 4] or all(g.finished for g in out)
 
 
 @pytest.mark.parametrize(

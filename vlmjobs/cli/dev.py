@@ -21,12 +21,14 @@ def dev() -> None:
     "--arch",
     type=click.Choice(
         ["tiny", "3b", "7b"]
-        + ["tiny-qwen2vl", "tiny-qwen3vl", "qwen3vl-2b", "qwen3vl-4b", "qwen3vl-8b"]
+        + ["tiny-qwen2vl", "tiny-qwen3vl", "tiny-qwen3vlmoe"]
+        + ["qwen3vl-2b", "qwen3vl-4b", "qwen3vl-8b"]
     ),
     default="tiny",
     show_default=True,
     help="tiny: tests and demo (~0.45 M params); 3b/7b: the real Qwen2.5-VL architectures, "
-    "random weights; tiny-qwen2vl / tiny-qwen3vl: tiny Qwen2-VL / Qwen3-VL; qwen3vl-2b/4b/8b: "
+    "random weights; tiny-qwen2vl / tiny-qwen3vl / tiny-qwen3vlmoe: tiny Qwen2-VL / Qwen3-VL / "
+    "Qwen3-VL-MoE; qwen3vl-2b/4b/8b: "
     "the real Qwen3-VL architectures, random weights",
 )
 @click.option("--seed", type=int, default=0, show_default=True, help="same seed, same weights")

@@ -5,6 +5,7 @@ the Qwen2.5-VL ones and shares its tokenizer).
 | ---------------- | ---------- | -------------------------------------------------------- |
 | tiny-qwen2vl     | qwen2_vl   | tests: clean, train, infer end to end on a CPU           |
 | tiny-qwen3vl     | qwen3_vl   | the same; DeepStack on both layers of its 2-layer LM     |
+| tiny-qwen3vlmoe  | qwen3_vl_moe | the same with 4 experts, top 2 (inference tests)       |
 | qwen3vl-2b/4b/8b | qwen3_vl   | GPU benchmarks: the real architectures, noise weights    |
 
 The real-size ones use the Qwen3-VL-*-Instruct config.json values.
@@ -20,7 +21,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import GenerationConfig, PretrainedConfig, Qwen2VLConfig, Qwen3VLConfig
+from transformers import (
+    GenerationConfig,
+    PretrainedConfig,
+    Qwen2VLConfig,
+    Qwen3VLConfig,
+    Qwen3VLMoeConfig,
+)
 
 from vlmjobs.vision.build import (
     BPE_VOCAB,
@@ -76,6 +83,7 @@ _QWEN3_TIED = {"qwen3vl-2b": True, "qwen3vl-4b": True, "qwen3vl-8b": False}
 FAMILY_ARCHS: dict[str, str] = {
     "tiny-qwen2vl": "qwen2_vl",
     "tiny-qwen3vl": "qwen3_vl",
+    "tiny-qwen3vlmoe": "qwen3_vl_moe",
     **{arch: "qwen3_vl" for arch in _QWEN3_TEXT},
 }
 
@@ -113,6 +121,15 @@ def _text_common(vocab_size: int, tied: bool) -> dict[str, Any]:
 def model_config(arch: str) -> PretrainedConfig:
     """The transformers config of ``arch``, token ids of the local tokenizer."""
     family = arch_family(arch)
+    if arch == "tiny-qwen3vlmoe":  # tiny-qwen3vl with every MLP a mixture of 4 experts
+        dense = model_config("tiny-qwen3vl").to_dict()
+        text, vision = dense.pop("text_config"), dense.pop("vision_config")
+        text.pop("model_type"), vision.pop("model_type")
+        text.update(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32,
+                    decoder_sparse_step=1)  # fmt: skip
+        return Qwen3VLMoeConfig(
+            text_config=text, vision_config=vision, tie_word_embeddings=True, **_token_ids()
+        )
     if arch == "tiny-qwen2vl":
         return Qwen2VLConfig(
             text_config=dict(
@@ -198,7 +215,7 @@ def make_family_model(out: Path, arch: str, seed: int = 0, *, device: str = "cpu
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     tok = make_tokenizer()
-    if family.name == "qwen3_vl":
+    if family.patch_size == 16:  # Qwen3-VL and its MoE
         tok.chat_template = QWEN3_VL_CHAT_TEMPLATE
     model = random_family_model(arch, seed=seed, device=device)
     ids = special_ids()
@@ -227,7 +244,8 @@ def _save_preprocessor(out: Path, family: Family, template: str) -> None:
         image_processor_type="Qwen2VLImageProcessor",
         processor_class=family.processor_class,
     )
-    lo, hi = (65536, 16384 * 32 * 32) if family.name == "qwen3_vl" else (56 * 56, 28 * 28 * 1280)
+    qwen3 = family.patch_size == 16
+    lo, hi = (65536, 16384 * 32 * 32) if qwen3 else (56 * 56, 28 * 28 * 1280)
     cfg.update(min_pixels=lo, max_pixels=hi, size={"shortest_edge": lo, "longest_edge": hi})
     path.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
     (out / "chat_template.json").write_text(json.dumps({"chat_template": template}) + "\n")

@@ -9,10 +9,10 @@ generation engine (whether the static-KV-cache decoder runs it):
 
 | family      | patch x merge | boxes in the text            | static engine |
 | ----------- | ------------- | ---------------------------- | ------------- |
-| qwen2_vl    | 14 x 2 = 28   | 0-1000 of the image          | no            |
+| qwen2_vl    | 14 x 2 = 28   | 0-1000 of the image          | yes           |
 | qwen2_5_vl  | 14 x 2 = 28   | pixels of the resized image  | yes           |
-| qwen3_vl    | 16 x 2 = 32   | 0-1000 of the image          | no            |
-| qwen3_vl_moe| 16 x 2 = 32   | 0-1000 of the image          | no            |
+| qwen3_vl    | 16 x 2 = 32   | 0-1000 of the image          | yes           |
+| qwen3_vl_moe| 16 x 2 = 32   | 0-1000 of the image          | no (experts)  |
 
 Pixel limits are always pinned (``default_min_pixels`` / ``default_max_pixels``:
 256 to 1280 visual tokens per image): Qwen3-VL's processor would otherwise allow
@@ -91,7 +91,7 @@ class Family:
 _CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 _CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 _NO_STATIC = (
-    "the static engine reproduces Qwen2.5-VL's decoder layers only; {title} decodes with "
+    "the static engine runs dense Qwen2/2.5/3-VL decoder layers only; {title} decodes with "
     "transformers' generate (slower on a GPU, same greedy output)"
 )
 
@@ -108,8 +108,7 @@ FAMILIES: dict[str, Family] = {
             convention="1000",
             image_mean=_CLIP_MEAN,
             image_std=_CLIP_STD,
-            static_engine=False,
-            engine_note=_NO_STATIC.format(title="Qwen2-VL"),
+            static_engine=True,
         ),
         Family(
             name="qwen2_5_vl",
@@ -133,8 +132,7 @@ FAMILIES: dict[str, Family] = {
             convention="1000",
             image_mean=(0.5, 0.5, 0.5),
             image_std=(0.5, 0.5, 0.5),
-            static_engine=False,
-            engine_note=_NO_STATIC.format(title="Qwen3-VL (q/k norms, interleaved MRoPE)"),
+            static_engine=True,
         ),
         Family(
             name="qwen3_vl_moe",

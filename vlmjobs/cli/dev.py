@@ -48,6 +48,37 @@ def make_model_cmd(out: Path, arch: str, seed: int, device: str) -> None:
     )
 
 
+@dev.command("quantize")
+@click.argument("model", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("out", type=click.Path(file_okay=False, path_type=Path))
+@click.option(
+    "--nf4",
+    "scheme",
+    flag_value="nf4",
+    required=True,
+    help="bitsandbytes 4-bit NormalFloat + double quantization (QLoRA's; the only scheme)",
+)
+@click.option("--device", default="cpu", show_default=True, help="where to quantize (cuda: fast)")
+def quantize_cmd(model: Path, out: Path, scheme: str, device: str) -> None:
+    """Write MODEL (a bf16 Qwen-VL checkpoint dir) as a pre-quantized nf4 checkpoint to OUT.
+
+    Loading OUT reads the 4-bit weights as saved: no bf16 weights on the card while loading.
+    """
+    from vlmjobs.errors import ModelLoadError
+    from vlmjobs.vision.quantize import quantize_checkpoint
+
+    started = time.monotonic()
+    try:
+        path = quantize_checkpoint(model, out, device=device)
+    except (ModelLoadError, FileExistsError) as err:
+        raise click.UsageError(str(err)) from None
+    size = sum(p.stat().st_size for p in path.iterdir() if p.is_file())
+    click.echo(
+        f"{scheme} checkpoint at {path} ({size / 2**20:.1f} MiB, "
+        f"{time.monotonic() - started:.1f} s)"
+    )
+
+
 @dev.command("make-shapes")
 @click.argument("out", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--n", "n", type=click.IntRange(min=1), default=500, show_default=True)

@@ -89,6 +89,16 @@ def model_family(path: str) -> Family:
     return family_of(resolve_path(path))
 
 
+def _saved_quantization(path: Path) -> str | None:
+    """How a pre-quantized checkpoint was quantized ("bitsandbytes nf4"), or None."""
+    from vlmjobs.vision.quantize import checkpoint_quantization
+
+    saved = checkpoint_quantization(path)
+    if saved is None:
+        return None
+    return f"{saved.get('quant_method')} {saved.get('bnb_4bit_quant_type', '')}".strip()
+
+
 def quantization_config(spec: ModelSpec) -> BitsAndBytesConfig | None:
     """bitsandbytes settings for spec.quantization (nf4 = QLoRA's 4-bit + double quant)."""
     if spec.quantization == "none":
@@ -141,6 +151,10 @@ def load_model(
         "attn_implementation": spec.attn_implementation,
     }
     quant = quantization_config(spec)
+    saved = _saved_quantization(path)
+    if saved is not None:  # pre-quantized (vlmjobs dev quantize): read the 4-bit weights as is
+        log.info("%s is pre-quantized (%s): loading it as saved", path, saved)
+        quant = None
     if quant is not None:
         kwargs["quantization_config"] = quant
     if device != "cpu":
@@ -149,7 +163,7 @@ def load_model(
         model = family_of(path).load_class().from_pretrained(path, **kwargs)
     except (OSError, ValueError, RuntimeError, ImportError) as err:
         raise ModelLoadError(f"cannot load model {str(path)!r}: {err}") from err
-    if quant is not None and device == "cpu":
+    if (quant is not None or saved is not None) and device == "cpu":
         _fix_cpu_4bit(model)
     if spec.adapter:
         model = _load_adapter(model, spec.adapter, trainable=for_training)

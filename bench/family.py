@@ -11,9 +11,18 @@ image), 90 prompt tokens; infer forces 256 new tokens, train has a 550-token ans
 | train_nf4_bN    | ours: QLoRA r4 on q/v, nf4 loaded from a bf16 checkpoint, micro-batch N   |
 | train_hf_b1     | the seeds' way: same nf4 model, peft defaults, transformers' full-logit loss |
 
-    python bench/family.py                 # GPU, all configs, ~5 min on an H200
+Pre-quantized Qwen2.5-VL-7B (``vlmjobs dev quantize``), loading peak and infer:
+
+| config               | what                                                           |
+| -------------------- | -------------------------------------------------------------- |
+| q7b_prepare          | writes the random 7B bf16 checkpoint and its nf4 copy (once)   |
+| infer_q7b_onload_b32 | loads the bf16 checkpoint quantizing on load, static engine    |
+| infer_q7b_saved_b32  | loads the pre-quantized checkpoint as saved, static engine     |
+
+    python bench/family.py                 # GPU, the four Qwen3-VL configs, ~5 min on an H200
     python bench/family.py --tiny          # CPU, tiny-qwen3vl: the same code, for correctness
-    python bench/family.py --configs infer_static_b48,infer_hf_b16
+    python bench/family.py --cap-gib 12 \
+        --configs q7b_prepare,infer_q7b_onload_b32,infer_q7b_saved_b32
 
 Each config runs in its own process (clean peak-memory figures); prints one JSON line per
 config and a table, and writes $OUT/family_bench.json (or ./family_bench.json).
@@ -83,6 +92,43 @@ def checkpoint(tiny: bool) -> Path:
     return path
 
 
+def q7b_paths() -> tuple[Path, Path]:
+    return WORK / "q7b", WORK / "q7b-nf4"
+
+
+def run_prepare() -> dict[str, Any]:
+    """The 7B bf16 checkpoint (built on the GPU) and its pre-quantized nf4 copy."""
+    from vlmjobs.vision.build import make_model
+    from vlmjobs.vision.quantize import quantize_checkpoint
+
+    bf16, nf4 = q7b_paths()
+    start = time.time()
+    if not (bf16 / "config.json").exists():
+        make_model(bf16, "7b", seed=0, device="cuda")
+        torch.cuda.empty_cache()
+    made = time.time()
+    if not nf4.exists():
+        quantize_checkpoint(bf16, nf4, device="cuda")
+    disk = sum(f.stat().st_size for f in nf4.iterdir()) / 2**30
+    return {"batch": 0, "make_s": round(made - start, 1),
+            "quantize_s": round(time.time() - made, 1), "nf4_disk_gib": round(disk, 2)}  # fmt: skip
+
+
+def run_q7b(saved: bool, batch: int) -> dict[str, Any]:
+    """Load the 7B nf4 (quantizing on load, or pre-quantized) and run the static engine."""
+    from vlmjobs.specs.common import ModelSpec
+    from vlmjobs.vision.model import load_model
+
+    path = q7b_paths()[1 if saved else 0]
+    torch.cuda.reset_peak_memory_stats()
+    start = time.time()
+    model, processor = load_model(ModelSpec(path=str(path), quantization="nf4"), device="cuda")
+    loaded = {"load_s": round(time.time() - start, 1),
+              "load_peak_alloc_gib": peaks("cuda")["peak_alloc_gib"]}  # fmt: skip
+    torch.cuda.reset_peak_memory_stats()
+    return run_infer("static", batch, False, loaded=(model, processor.tokenizer)) | loaded
+
+
 def sync(device: str) -> None:
     if device == "cuda":
         torch.cuda.synchronize()
@@ -95,7 +141,7 @@ def peaks(device: str) -> dict[str, float]:
             "peak_reserved_gib": round(torch.cuda.max_memory_reserved() / 2**30, 2)}  # fmt: skip
 
 
-def run_infer(engine: str, batch: int, tiny: bool) -> dict[str, Any]:
+def run_infer(engine: str, batch: int, tiny: bool, loaded: Any = None) -> dict[str, Any]:
     from transformers import AutoTokenizer, BatchFeature
 
     from vlmjobs.vision.build_family import random_family_model
@@ -104,10 +150,13 @@ def run_infer(engine: str, batch: int, tiny: bool) -> dict[str, Any]:
     device = "cpu" if tiny else "cuda"
     grid, new = (TINY_GRID, TINY_NEW) if tiny else (GRID, NEW)
     start = time.time()
-    model = random_family_model("tiny-qwen3vl" if tiny else "qwen3vl-4b", device=device)
-    model.config._attn_implementation = "sdpa"
+    if loaded is None:
+        model = random_family_model("tiny-qwen3vl" if tiny else "qwen3vl-4b", device=device)
+        model.config._attn_implementation = "sdpa"
+        tokenizer = AutoTokenizer.from_pretrained(checkpoint(True))  # the local tokenizer
+    else:
+        model, tokenizer = loaded
     load_s = time.time() - start
-    tokenizer = AutoTokenizer.from_pretrained(checkpoint(True))  # the shared local tokenizer
     gen = Generator(model.eval(), tokenizer, max_batch=batch, engine=engine)
     inputs = synthetic(model.config, batch, grid)
     inputs["pixel_values"] = inputs["pixel_values"].to(model.dtype)
@@ -182,7 +231,15 @@ def run_train(seed_way: bool, bs: int, tiny: bool, steps: int) -> dict[str, Any]
             "load_peak_alloc_gib": load_peak} | peaks(device)  # fmt: skip
 
 
-def child(name: str, tiny: bool, steps: int) -> dict[str, Any]:
+def child(name: str, tiny: bool, steps: int, cap_gib: float | None) -> dict[str, Any]:
+    if cap_gib and name != "q7b_prepare" and torch.cuda.is_available():  # a smaller card
+        total = torch.cuda.get_device_properties(0).total_memory / 2**30
+        torch.cuda.set_per_process_memory_fraction(min(1.0, cap_gib / total))
+    if name == "q7b_prepare":
+        return {"config": name} | run_prepare()
+    if name.startswith("infer_q7b_"):
+        _, _, way, b = name.split("_")
+        return {"config": name} | run_q7b(way == "saved", int(b.removeprefix("b")))
     kind, way, b = name.split("_")
     batch = int(b.removeprefix("b"))
     if kind == "infer":
@@ -211,10 +268,12 @@ def main() -> None:
     ap.add_argument("--configs", default="", help="comma list (names as in the table above)")
     ap.add_argument("--steps", type=int, default=5, help="timed train steps after 2 warm-up")
     ap.add_argument("--timeout", type=int, default=240, help="seconds per config")
+    ap.add_argument("--cap-gib", type=float, help="cap each config's GPU memory (a 12 GB card)")
     ap.add_argument("--one", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.one:
-        print("RESULT " + json.dumps(child(args.one, args.tiny, args.steps)), flush=True)
+        result = child(args.one, args.tiny, args.steps, args.cap_gib)
+        print("RESULT " + json.dumps(result), flush=True)
         return
     WORK.mkdir(parents=True, exist_ok=True)
     checkpoint(True)  # the local tokenizer, once, before the children
@@ -225,6 +284,7 @@ def main() -> None:
     for name in names:
         argv = [sys.executable, __file__, "--one", name, "--steps", str(args.steps)]
         argv += ["--tiny"] if args.tiny else []
+        argv += ["--cap-gib", str(args.cap_gib)] if args.cap_gib else []
         start = time.time()
         try:
             proc = subprocess.run(argv, capture_output=True, text=True, timeout=args.timeout)

@@ -58,10 +58,11 @@ class Ready:
     image: Image.Image
     size: tuple[int, int]
     frame: tuple[int, int]
+    factor: int = 28  # the family's visual token side (28, or 32 for Qwen3-VL)
 
     @property
     def tokens(self) -> int:
-        return (self.frame[0] // 28) * (self.frame[1] // 28)
+        return (self.frame[0] // self.factor) * (self.frame[1] // self.factor)
 
 
 @dataclass
@@ -282,7 +283,7 @@ def prepare(raw: RawItem, spec: InferSpec, plan: Plan) -> Ready | OutputRecord:
             size = decoded.image.size
             try:
                 frame = plan.input_size(size)
-                return Ready(raw.key, raw.source, decoded.image, size, frame)
+                return Ready(raw.key, raw.source, decoded.image, size, frame, plan.family.factor)
             except ValueError as e:  # e.g. an aspect ratio the processor rejects
                 error = str(e)
     return OutputRecord(item_key=raw.key, source=raw.source, status="failed", error=error)

@@ -101,3 +101,28 @@ def test_bad_calls_exit_2_saying_why(models, tmp_path: Path, args, message) -> N
         argv = [str(nf4), str(tmp_path / "again"), "--nf4"]
     result = CliRunner().invoke(cli, ["dev", "quantize", *argv])
     assert result.exit_code == 2 and message in result.output, result.output
+
+
+@pytest.mark.parametrize(
+    "device,for_training,message",
+    [
+        pytest.param("cpu", False, "AWQ kernels run on CUDA", id="cpu-worker"),
+        pytest.param("cpu", True, "train from the bf16 checkpoint", id="training"),
+    ],
+)
+def test_awq_checkpoints_get_a_clear_message(models, tmp_path, device, for_training, message):
+    """Qwen2.5-VL-3B-Instruct-AWQ's quantization_config on the tiny model's config."""
+    import json
+    import shutil
+
+    from vlmjobs.errors import ModelLoadError
+
+    base, _ = models
+    awq = tmp_path / "awq"
+    shutil.copytree(base, awq)
+    config = json.loads((awq / "config.json").read_text())
+    config["quantization_config"] = {"bits": 4, "group_size": 128, "quant_method": "awq",
+                                     "version": "gemm", "zero_point": True}  # fmt: skip
+    (awq / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ModelLoadError, match=message):
+        load_model(ModelSpec(path=str(awq)), device=device, for_training=for_training)

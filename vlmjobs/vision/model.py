@@ -99,6 +99,29 @@ def _saved_quantization(path: Path) -> str | None:
     return f"{saved.get('quant_method')} {saved.get('bnb_4bit_quant_type', '')}".strip()
 
 
+def _check_awq(path: Path, device: str, for_training: bool) -> None:
+    """AWQ checkpoints (e.g. Qwen2.5-VL-3B-Instruct-AWQ) load for inference on CUDA through
+    transformers' AWQ support, which needs the gptqmodel package's kernels."""
+    from transformers.utils import is_gptqmodel_available
+
+    if for_training:
+        raise ModelLoadError(
+            f"{str(path)!r} is an AWQ checkpoint: train from the bf16 checkpoint "
+            "(quantization: nf4 is QLoRA), then infer with the AWQ one if you like"
+        )
+    if not device.startswith("cuda"):
+        raise ModelLoadError(
+            f"{str(path)!r} is an AWQ checkpoint and AWQ kernels run on CUDA (device "
+            f"{device!r}): run it on a GPU worker, or use the bf16 checkpoint with nf4"
+        )
+    if not is_gptqmodel_available():
+        raise ModelLoadError(
+            f"{str(path)!r} is an AWQ checkpoint; transformers loads AWQ with the gptqmodel "
+            "package's kernels: pip install gptqmodel on this GPU host, or use the bf16 "
+            "checkpoint with quantization: nf4"
+        )
+
+
 def quantization_config(spec: ModelSpec) -> BitsAndBytesConfig | None:
     """bitsandbytes settings for spec.quantization (nf4 = QLoRA's 4-bit + double quant)."""
     if spec.quantization == "none":
@@ -152,7 +175,9 @@ def load_model(
     }
     quant = quantization_config(spec)
     saved = _saved_quantization(path)
-    if saved is not None:  # pre-quantized (vlmjobs dev quantize): read the 4-bit weights as is
+    if saved is not None and saved.startswith("awq"):
+        _check_awq(path, device, for_training)
+    if saved is not None:  # pre-quantized (dev quantize, AWQ): read the saved weights as is
         log.info("%s is pre-quantized (%s): loading it as saved", path, saved)
         quant = None
     if quant is not None:

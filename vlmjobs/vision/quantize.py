@@ -56,7 +56,7 @@ def quantize_checkpoint(
             f"{str(source)!r} is already quantized ({existing.get('quant_method')}, "
             f"{existing.get('bnb_4bit_quant_type', '')}): use it as it is"
         )
-    spec = ModelSpec(path=str(source), dtype=dtype, quantization="nf4")  # type: ignore[arg-type]
+    spec = ModelSpec.model_validate({"path": str(source), "dtype": dtype, "quantization": "nf4"})
     model, _ = load_model(spec, device=device)
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
     try:

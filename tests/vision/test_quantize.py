@@ -126,3 +126,23 @@ def test_awq_checkpoints_get_a_clear_message(models, tmp_path, device, for_train
     (awq / "config.json").write_text(json.dumps(config))
     with pytest.raises(ModelLoadError, match=message):
         load_model(ModelSpec(path=str(awq)), device=device, for_training=for_training)
+
+
+def test_prequantize_quantizes_once_into_the_artifact_root(
+    models, quantize_calls, tmp_path, monkeypatch
+):
+    from pydantic import ValidationError
+
+    base, _ = models
+    monkeypatch.setenv("VLMJOBS_ARTIFACTS", str(tmp_path / "artifacts"))
+    spec = ModelSpec(path=str(base), quantization="nf4", prequantize=True)
+    first, processor = load_model(spec)
+    assert quantize_calls, "the first load quantizes"
+    cached = list((tmp_path / "artifacts" / "quantized").iterdir())
+    assert [p.name.startswith("base-nf4-") for p in cached] == [True]
+    quantize_calls.clear()
+    again, _ = load_model(spec)  # a later job, or another worker on the shared root
+    assert quantize_calls == []
+    torch.testing.assert_close(_first_logits(again, processor), _first_logits(first, processor))
+    with pytest.raises(ValidationError, match="prequantize needs quantization: nf4"):
+        ModelSpec(path=str(base), prequantize=True)

@@ -175,6 +175,11 @@ def load_model(
     }
     quant = quantization_config(spec)
     saved = _saved_quantization(path)
+    if spec.prequantize and saved is None:  # quantize once into the artifact root, then reuse
+        from vlmjobs.vision.quantize import cached_nf4
+
+        path = cached_nf4(path, dtype=spec.dtype, device=device)
+        saved = _saved_quantization(path)
     if saved is not None and saved.startswith("awq"):
         _check_awq(path, device, for_training)
     if saved is not None:  # pre-quantized (dev quantize, AWQ): read the saved weights as is

@@ -11,6 +11,7 @@ quantization state; transformers reads them as they are.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -72,4 +73,32 @@ def quantize_checkpoint(
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    return out
+
+
+def cached_nf4(source: Path, *, dtype: str = "bf16", device: str = "cpu") -> Path:
+    """The nf4 copy of ``source`` under the artifact root, quantized on first use.
+
+    Keyed by the source's path, its weight files' sizes and times, and ``dtype``: a changed
+    checkpoint gets a new copy. Every host sharing the artifact root reuses it; two workers
+    quantizing at once both succeed (the second rename loses and its copy is dropped).
+    """
+    from vlmjobs import settings
+
+    source = Path(source).resolve()
+    stamp = [
+        (f.name, f.stat().st_size, int(f.stat().st_mtime))
+        for f in sorted(source.iterdir())
+        if f.name == "config.json" or f.name.startswith("model")
+    ]
+    key = hashlib.sha256(json.dumps([str(source), dtype, stamp]).encode()).hexdigest()[:16]
+    out = settings.artifacts_root() / "quantized" / f"{source.name}-nf4-{key}"
+    if (out / "config.json").is_file():
+        return out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        quantize_checkpoint(source, out, dtype=dtype, device=device)
+    except OSError:  # FileExistsError, or a rename onto the copy another worker finished
+        if not (out / "config.json").is_file():
+            raise
     return out

@@ -24,15 +24,22 @@ if ((${#need_apt[@]})); then
 fi
 
 PY=${PYTHON:-python3}
-if [[ ! -x .venv/bin/python ]]; then
-  echo "setup: creating .venv"
-  "$PY" -m venv .venv
+VENV=${VLMJOBS_VENV:-.venv}  # deploy/check-latest.sh builds its own beside it
+if [[ ! -x "$VENV"/bin/python ]]; then
+  echo "setup: creating $VENV"
+  "$PY" -m venv "$VENV"
 fi
 # torch first, pinned: an unpinned torch would pull a multi-GB CUDA build on a CPU machine.
 # On a GPU host, install your CUDA build of torch into .venv before running this.
-if ! .venv/bin/python -c "import torch" >/dev/null 2>&1; then
+if ! "$VENV"/bin/python -c "import torch" >/dev/null 2>&1; then
   echo "setup: installing torch ${VLMJOBS_TORCH:-2.13.0}"
-  .venv/bin/pip install -q "torch==${VLMJOBS_TORCH:-2.13.0}"
+  "$VENV"/bin/pip install -q "torch==${VLMJOBS_TORCH:-2.13.0}"
 fi
-.venv/bin/pip install -q -e ".[test]"
-echo "setup: ok ($(.venv/bin/python -c 'import torch, transformers; print("torch", torch.__version__, "transformers", transformers.__version__)'))"
+# Then exactly what CI tested: every other package from the lock, hashes checked, no resolver
+# (deploy/lock.sh refreshes it). deploy/check-latest.sh points VLMJOBS_REQUIREMENTS at another
+# resolution (the newest or the lowest versions pyproject allows) to test it the same way.
+reqs=${VLMJOBS_REQUIREMENTS:-deploy/requirements.lock}
+"$VENV"/bin/pip install -q --require-hashes --no-deps -r "$reqs"
+"$VENV"/bin/pip install -q --no-deps --no-build-isolation -e .
+"$VENV"/bin/pip check >/dev/null || { "$VENV"/bin/pip check; exit 1; }
+echo "setup: ok ($("$VENV"/bin/python -c 'import torch, transformers; print("torch", torch.__version__, "transformers", transformers.__version__)'))"

@@ -196,19 +196,17 @@ class PostgresServer:
         )
 
     def url(self, dbname: str = "postgres") -> str:
-        return f"postgresql+psycopg2://postgres@127.0.0.1:{self.port}/{dbname}"
+        return f"postgresql://postgres@127.0.0.1:{self.port}/{dbname}"
 
     def create_database(self) -> str:
         """A new empty database; its SQLAlchemy URL."""
-        import psycopg2
+        import psycopg
 
         name = f"t{os.getpid()}_{next(self._names)}"
-        conn = psycopg2.connect(
-            host="127.0.0.1", port=self.port, user="postgres", dbname="postgres"
-        )
-        conn.autocommit = True
-        conn.cursor().execute(f"CREATE DATABASE {name}")
-        conn.close()
+        with psycopg.connect(
+            host="127.0.0.1", port=self.port, user="postgres", dbname="postgres", autocommit=True
+        ) as conn:
+            conn.execute(f"CREATE DATABASE {name}")
         return self.url(name)
 
     def stop(self) -> None:

@@ -7,6 +7,10 @@ class VlmjobsError(Exception):
     """Base class: a problem the user can fix; the message says what to do."""
 
 
+class ConfigError(VlmjobsError):
+    """A setting (VLMJOBS_* environment variable) is invalid; the message says what to write."""
+
+
 class SpecError(VlmjobsError):
     """A job spec is invalid. ``problems`` holds (field path, message) pairs, all of them."""
 

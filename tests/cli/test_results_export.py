@@ -18,14 +18,8 @@ from PIL import Image
 from pycocotools.coco import COCO
 
 from vlmjobs.cli.main import cli
-from vlmjobs.cli.results import (
-    draw_regions,
-    jsonl_lines,
-    render,
-    to_coco,
-    to_labelstudio,
-    write_csv,
-)
+from vlmjobs.cli.results import draw_regions, render
+from vlmjobs.exports import jsonl_lines, to_coco, to_labelstudio, write_csv
 
 
 def outputs_for(a: str, b: str) -> list[dict]:
@@ -75,6 +69,7 @@ def test_coco_loads_in_pycocotools(tmp_path: Path) -> None:
         "a red square",
     ]
     assert [i["file_name"] for i in coco.loadImgs(coco.getImgIds())] == ["a.png", "b.png"]
+    assert to_coco(outputs_for("a.png", "b.png")[::-1]) == doc  # ids by path, not output order
     red = coco.getCatIds(catNms=["a red square"])[0]
     (ann,) = coco.loadAnns(coco.getAnnIds(catIds=[red]))
     assert ann["bbox"] == [10.0, 20.0, 100.0, 50.0] and ann["score"] == 0.9
@@ -83,7 +78,7 @@ def test_coco_loads_in_pycocotools(tmp_path: Path) -> None:
 
 
 def test_labelstudio_percent_coordinates() -> None:
-    tasks = to_labelstudio(outputs_for("a.png", "b.png"), "tiny+job:7")
+    tasks = to_labelstudio(outputs_for("a.png", "b.png"), "tiny+job:7", mode="labels")
     assert [t["data"]["image"] for t in tasks] == ["a.png", "b.png"]  # failed one left out
     pred = tasks[0]["predictions"][0]
     assert pred["model_version"] == "tiny+job:7" and pred["score"] == 0.9
@@ -222,3 +217,40 @@ def test_status_shows_rate_parse_rate_and_eta(db_job: int) -> None:
     assert result.exit_code == 0, result.output
     line = next(x for x in result.output.splitlines() if x.strip().startswith("images"))
     assert line.split(None, 1)[1] == "30/130 done, 4.00 images/s, parse ok 87.5%, ETA 25 s"
+
+
+def test_results_labelstudio_config_urls_and_coco_gt(tmp_path: Path, db_job: int) -> None:
+    runner = CliRunner()
+    config = runner.invoke(cli, ["results", str(db_job), "--format", "labelstudio", "--config"])
+    assert config.exit_code == 0 and 'perRegion="true"' in config.output
+    root = str(tmp_path)
+    args = ["--image-root", root, "--image-root-url", "http://h/img"]
+    ls = runner.invoke(cli, ["results", str(db_job), "--format", "labelstudio", *args])
+    assert ls.exit_code == 0, ls.output
+    assert [t["data"]["image"] for t in json.loads(ls.output)] == [
+        "http://h/img/a.png",
+        "http://h/img/b.tar%21imgs/b.png",
+    ]
+    gt = tmp_path / "gt.json"
+    gt.write_text(
+        json.dumps(
+            {
+                "images": [{"id": 4, "file_name": "a.png", "width": 200, "height": 100}],
+                "categories": [{"id": 2, "name": "red square"}],
+                "annotations": [],
+            }
+        )
+    )
+    coco = runner.invoke(cli, ["results", str(db_job), "--format", "coco", "--gt", str(gt)])
+    doc = json.loads(coco.output)
+    assert [(a["image_id"], a["category_id"]) for a in doc["annotations"]] == [(4, 2)]
+    bad = runner.invoke(
+        cli, ["results", str(db_job), "--format", "coco", "--gt", str(config_file(tmp_path))]
+    )
+    assert bad.exit_code == 2 and "is none of" in bad.output
+
+
+def config_file(tmp_path: Path) -> Path:
+    path = tmp_path / "not-truth.json"
+    path.write_text('{"a": 1}')
+    return path

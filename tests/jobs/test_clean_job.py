@@ -336,10 +336,13 @@ def test_coco_detect_and_captions(tmp_path: Path, minilm: Any) -> None:
         CleanSpec(input=str(tmp_path / "coco/captions.json")),
         RecordingContext(tmp_path / "cap", minilm),
     )
-    targets = sorted(_target(r) for r in _all_records(tmp_path / "cap/data"))
+    targets = [_target(r) for r in _all_records(tmp_path / "cap/data")]
     assert result["task"] == "caption" and len(targets) == 2
-    assert targets[0] in {"A dog catches a frisbee.", "a dog catching a frisbee"}
-    assert targets[1] == "An empty parking lot at night."
+    # The two dog captions are one cluster: either may represent it (the encoder decides),
+    # but exactly one of them is kept, beside the unrelated caption.
+    dogs = {"A dog catches a frisbee.", "a dog catching a frisbee"}
+    assert sorted(t in dogs for t in targets) == [False, True]
+    assert "An empty parking lot at night." in targets
     assert all(_image_of(r) == a for r in _all_records(tmp_path / "cap/data"))
 
 

@@ -147,7 +147,16 @@ def test_tar_is_streamed_and_unsafe_members_fail(tree: dict) -> None:
     assert [i.source.split("!")[1] for i in items] == [*tree["imgs"], "../evil.png"]  # no link
     assert [sha(tree["imgs"][n]) for n in tree["imgs"]] == [i.key for i in items[:3]]
     assert items[3].data is None and "unsafe archive member name" in items[3].error
-    assert count_items([tree["tgz"]], [], []) is None  # a tar's length is known only at its end
+    assert count_items([tree["tgz"]], [], []) == len(items)  # counted from the headers
+
+
+def test_plain_tar_is_counted_by_seeking(tree: dict) -> None:
+    plain = tree["tmp"] / "plain.tar"
+    with tarfile.open(tree["tgz"], "r:gz") as src, tarfile.open(plain, "w") as dst:
+        for member in src:
+            dst.addfile(member, src.extractfile(member) if member.isfile() else None)
+    items = list(iter_items([plain], [], []))
+    assert count_items([plain], [], []) == len(items) == 4
 
 
 def test_zip_members_and_absolute_names(tree: dict) -> None:
@@ -166,6 +175,7 @@ def test_bad_archive_fails_as_one_item_and_the_rest_goes_on(tree: dict) -> None:
     assert items[0].source == str(bad) and items[0].error.startswith("unreadable archive")
     assert items[1].key == sha(tree["imgs"]["sub/1.png"])
     assert count_items([lst], [], []) == 1
+    assert count_items([bad, lst], [], []) == len(items) == 2
 
 
 def test_read_sources_reads_members_back(tree: dict) -> None:

@@ -15,7 +15,6 @@ from vlmjobs.jobs.train_data import (
     epoch_batches,
     image_tokens,
     read_samples,
-    split_batches,
     split_off,
     to_sample,
 )
@@ -145,15 +144,3 @@ def test_epoch_batches_differ_by_epoch_and_seed() -> None:
     base = epoch_batches(lengths, 4, seed=0, epoch=0, group_by_length=True)
     assert base != epoch_batches(lengths, 4, seed=0, epoch=1, group_by_length=True)
     assert base != epoch_batches(lengths, 4, seed=1, epoch=0, group_by_length=True)
-
-
-@pytest.mark.parametrize(
-    "batches, expected",
-    [
-        ([[1, 2, 3, 4]], [[1, 2], [3, 4]]),  # case: even
-        ([[1, 2, 3], [4]], [[1, 2], [3], [4]]),  # case: odd and single
-        ([], []),  # case: nothing left
-    ],
-)
-def test_split_batches(batches: list[list[int]], expected: list[list[int]]) -> None:
-    assert split_batches(batches) == expected

@@ -82,7 +82,7 @@ class Cluster:
     def client_env(self) -> dict[str, str]:
         """The test process's view: the services' unix sockets."""
         return {
-            "VLMJOBS_DB_URL": f"postgresql+psycopg2://postgres@/vlmjobs?host={self.tmp}&port={PG_PORT}",
+            "VLMJOBS_DB_URL": f"postgresql://postgres@/vlmjobs?host={self.tmp}&port={PG_PORT}",
             "VLMJOBS_BROKER_URL": f"redis+socket://{self.tmp / 'redis.sock'}",
             "VLMJOBS_ARTIFACTS": str(self.artifacts),
             "VLMJOBS_HOME": str(self.tmp / "client-home"),
@@ -93,7 +93,7 @@ class Cluster:
         svc_ip = f"10.203.{index}.1"
         return {
             **os.environ,
-            "VLMJOBS_DB_URL": f"postgresql+psycopg2://postgres@{svc_ip}:{PG_PORT}/vlmjobs",
+            "VLMJOBS_DB_URL": f"postgresql://postgres@{svc_ip}:{PG_PORT}/vlmjobs",
             "VLMJOBS_BROKER_URL": f"redis://{svc_ip}:{REDIS_PORT}/0",
             "VLMJOBS_ARTIFACTS": str(self.artifacts),
             "VLMJOBS_HOME": str(self.tmp / host / "home"),
@@ -183,7 +183,7 @@ def _pg(c: Cluster, bindir: Path, tool: str, *args: str, netns: bool = False) ->
 
 
 def _start_postgres(c: Cluster, bindir: Path) -> None:
-    import psycopg2
+    import psycopg
 
     data = c.tmp / "pgdata"
     _pg(c, bindir, "initdb", "-D", str(data), "-A", "trust", "-U", "postgres", "--no-sync")
@@ -192,10 +192,10 @@ def _start_postgres(c: Cluster, bindir: Path) -> None:
     opts = f"-p {PG_PORT} -k {c.tmp} -c listen_addresses=* -c fsync=off"
     log = str(c.tmp / "pg.log")
     _pg(c, bindir, "pg_ctl", "-D", str(data), "-o", opts, "-l", log, "-w", "start", netns=True)
-    conn = psycopg2.connect(host=str(c.tmp), port=PG_PORT, user="postgres", dbname="postgres")
-    conn.autocommit = True
-    conn.cursor().execute("CREATE DATABASE vlmjobs")
-    conn.close()
+    with psycopg.connect(
+        host=str(c.tmp), port=PG_PORT, user="postgres", dbname="postgres", autocommit=True
+    ) as conn:
+        conn.execute("CREATE DATABASE vlmjobs")
 
 
 def _teardown(c: Cluster, bindir: Path) -> None:

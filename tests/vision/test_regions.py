@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from vlmjobs.vision.regions import Regions, dedup, iou_matrix, normalize_phrase
+from vlmjobs.vision.regions import Regions, dedup, iou_matrix, match_pairs, normalize_phrase
 
 
 def _iou_loop(a, b):
@@ -80,10 +80,56 @@ def test_bad_regions_are_named(kwargs, message):
         ("the blue star", "blue star"),  # case: 'the'
         ("an apple", "apple"),  # case: 'an'
         ("another box", "another box"),  # case: 'an' only as a whole word
+        ("red-circle", "red circle"),  # case: inner punctuation is a separator
+        ("the  big   square.", "big square"),  # case: punctuation and runs of spaces
+        ("a “quoted” circle!", "quoted circle"),  # case: typographic quotes
+        ("", ""),  # case: empty
     ],
 )
 def test_normalize_phrase(phrase, want):
     assert normalize_phrase(phrase) == want
+
+
+def test_dedup_and_eval_agree_on_the_same_phrase():
+    """Infer's dedup used to keep "red-circle" beside "a red circle." (end punctuation only)
+    while eval scored them as one phrase: both now use normalize_phrase."""
+    from vlmjobs.eval.answers import match_regions
+
+    boxes = np.array([[0, 0, 10, 10], [0, 0, 10, 10]], dtype=float)
+    regions = Regions(boxes, ["red-circle", "a red circle."], [0.9, 0.8])
+    assert dedup(regions).phrases == ["red-circle"]
+    counts = match_regions(boxes[:1], ["red-circle"], boxes[1:], ["a red circle."])
+    assert counts.tp == 1
+
+
+@pytest.mark.parametrize(
+    "a, b, expected",
+    [
+        ([0, 0, 10, 10], [0, 0, 10, 10], 1.0),  # case: identical
+        ([0, 0, 10, 10], [5, 0, 15, 10], 50 / 150),  # case: half overlap
+        ([0, 0, 10, 10], [10, 0, 20, 10], 0.0),  # case: touching edges
+        ([0, 0, 10, 10], [0, 0, 5, 5], 0.25),  # case: contained
+        ([0, 0, 0, 0], [0, 0, 0, 0], 0.0),  # case: degenerate boxes, no division by zero
+    ],
+)
+def test_iou_table(a, b, expected):
+    assert iou_matrix(np.array([a]), np.array([b]))[0, 0] == pytest.approx(expected)
+
+
+@pytest.mark.parametrize(
+    "iou, allowed, want",
+    [
+        ([[0.9, 0.6], [0.95, 0.0]], [[1, 1], [1, 1]], [(1, 0), (0, 1)]),
+        # case: greedy by IoU: the best pair first, then the next free one
+        ([[0.9]], [[0]], []),  # case: not allowed (other phrase) never matches
+        ([[0.49]], [[1]], []),  # case: under the threshold
+        ([[0.5]], [[1]], [(0, 0)]),  # case: the threshold itself counts
+        ([[0.8], [0.7]], [[1], [1]], [(0, 0)]),  # case: a gold box is found once
+    ],
+)
+def test_match_pairs(iou, allowed, want):
+    got = match_pairs(np.array(iou, dtype=float), np.array(allowed, dtype=bool), 0.5)
+    assert got == want
 
 
 BOXES = np.array([[0, 0, 10, 10], [1, 0, 11, 10], [0, 0, 10, 10], [50, 50, 60, 60]], dtype=float)

@@ -22,7 +22,7 @@ from sqlalchemy import desc, select
 from vlmjobs import settings
 from vlmjobs.db.models import TERMINAL, Job, JobEvent, Metric, utcnow
 from vlmjobs.db.session import mask_url, session
-from vlmjobs.errors import JobNotFound, SpecError, VlmjobsError
+from vlmjobs.errors import ConfigError, JobNotFound, SpecError, VlmjobsError
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -43,7 +43,7 @@ def friendly_errors(f: F) -> F:
             for path, msg in e.problems:
                 click.echo(f"  {path}: {msg}", err=True)
             sys.exit(2)
-        except JobNotFound as e:
+        except (JobNotFound, ConfigError) as e:
             click.echo(f"error: {e}", err=True)
             sys.exit(2)
         except VlmjobsError as e:
@@ -66,10 +66,20 @@ def friendly_errors(f: F) -> F:
 # Imported after friendly_errors on purpose: other cli modules import friendly_errors from
 # here while cli.main is importing them, so it must exist before this line runs.
 from vlmjobs.cli.main import cli  # noqa: E402
+from vlmjobs.cli.params import JOB_ID, STATES, check_kind, kinds  # noqa: E402
 
 
-@cli.command()
-@click.argument("kind")
+class _SubmitCommand(click.Command):
+    """`submit --help` lists the kinds this installation knows (plugins included)."""
+
+    def format_help_text(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        super().format_help_text(ctx, formatter)
+        with formatter.indentation():
+            formatter.write_text(f"KIND is one of: {', '.join(kinds())}.")
+
+
+@cli.command(cls=_SubmitCommand)
+@click.argument("kind", callback=check_kind)
 @click.argument("config", required=False, type=click.Path(path_type=Path))
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="override a field")
 @click.option("--name", help="a label for status tables")
@@ -250,11 +260,11 @@ def _render(
 
 
 @cli.command()
-@click.argument("job_id", required=False, type=int)
+@click.argument("job_id", required=False, type=JOB_ID)
 @click.option("--json", "as_json", is_flag=True, help="machine-readable output")
 @click.option("--watch", is_flag=True, help="refresh every second (Ctrl-C to stop)")
-@click.option("--kind", help="only this kind")
-@click.option("--state", help="only this state (queued, running, succeeded, failed, cancelled)")
+@click.option("--kind", callback=check_kind, help="only this kind")
+@click.option("--state", type=click.Choice(STATES), help="only this state")
 @click.option("--limit", default=20, show_default=True, help="most recent N jobs")
 @click.option("--schedule", "schedule_name", help="only the runs of this schedule")
 @friendly_errors
@@ -282,7 +292,7 @@ def status(
 
 
 @cli.command()
-@click.argument("job_id", type=int)
+@click.argument("job_id", type=JOB_ID)
 @click.option("-f", "--follow", "follow_", is_flag=True, help="keep printing until the job ends")
 @friendly_errors
 def logs(job_id: int, follow_: bool) -> None:
@@ -310,27 +320,33 @@ def logs(job_id: int, follow_: bool) -> None:
 
 
 @cli.command()
-@click.argument("job_ids", nargs=-1, required=True, type=int)
+@click.argument("job_ids", nargs=-1, required=True, type=JOB_ID)
 @friendly_errors
 def cancel(job_ids: tuple[int, ...]) -> None:
     """Cancel jobs: queued ones at once, running ones at their next step (outputs kept)."""
     from vlmjobs.scheduler.submit import cancel as cancel_job
+    from vlmjobs.scheduler.submit import get_job
 
     missing = []
     for job_id in job_ids:
         try:
-            state = cancel_job(job_id)
+            before = get_job(job_id).state
+            state = before if before in TERMINAL else cancel_job(job_id)
         except JobNotFound:
             missing.append(job_id)
             continue
-        verb = "stopping at its next step" if state == "running" else state
-        click.echo(f"job {job_id}: {verb}")
+        if before in TERMINAL:
+            click.echo(f"job {job_id}: already {before}, nothing to do")
+        elif state == "running":
+            click.echo(f"job {job_id}: cancel requested, stopping at its next step")
+        else:
+            click.echo(f"job {job_id}: {state}")
     if missing:
         raise JobNotFound(f"no job(s) {missing}: the others were handled")
 
 
 @cli.command()
-@click.argument("job_id", type=int)
+@click.argument("job_id", type=JOB_ID)
 @friendly_errors
 def retry(job_id: int) -> None:
     """Queue a failed or cancelled job again, with a fresh attempt budget."""

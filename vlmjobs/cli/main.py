@@ -16,6 +16,7 @@ def cli() -> None:
 # Each module below adds its commands to `cli` (one name per module).
 from vlmjobs.cli import (  # noqa: E402, F401
     dev,
+    eval,
     jobs,
     parse,
     results,

@@ -1,174 +1,27 @@
 """`vlmjobs results JOB --format jsonl|coco|labelstudio|csv` and `vlmjobs render JOB --out DIR`.
 
-Exports are pure functions over output dicts (what ``iter_outputs`` reads from
-the database), boxes in ORIGINAL image pixels:
-
-    {"key", "source", "status", "parse_status", "raw_text", "error", "image_w", "image_h",
-     "input_w", "input_h", "prompt_tokens", "generated_tokens", "latency_ms", "extra",
-     "regions": [{"bbox": [x1, y1, x2, y2], "phrase": str, "score": float | None}]}
-
-jsonl and csv stream; COCO and Label Studio are one JSON document each, built in memory.
+The exporters themselves are pure functions in ``vlmjobs.exports``; this module reads
+an infer job's outputs from the database (``iter_outputs``) and hands them over.
 """
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
+import os
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
 import click
 
 from vlmjobs.cli.jobs import friendly_errors
 from vlmjobs.cli.main import cli
+from vlmjobs.cli.params import JOB_ID
+from vlmjobs.db.outputs import iter_outputs
 from vlmjobs.errors import JobNotFound
-
-FORMATS = ("jsonl", "coco", "labelstudio", "csv")
-CSV_FIELDS = ["key", "source", "image_w", "image_h", "x1", "y1", "x2", "y2", "phrase", "score"]
-
-
-# --- exports: pure functions -------------------------------------------------------------------
-
-
-def jsonl_lines(outputs: Iterable[dict[str, Any]]) -> Iterator[str]:
-    """One JSON line per image (failed ones too, with their error)."""
-    for out in outputs:
-        yield json.dumps(out, ensure_ascii=False)
-
-
-def to_coco(outputs: Iterable[dict[str, Any]]) -> dict[str, Any]:
-    """A COCO detection document: images (ok ones), categories (one per distinct phrase, sorted),
-    annotations with ``bbox`` [x, y, w, h] and ``score``. Loads in pycocotools' COCO(); its
-    ``annotations`` list is also a valid ``loadRes`` input."""
-    images: list[dict[str, Any]] = []
-    pending: list[tuple[int, dict[str, Any]]] = []
-    for out in outputs:
-        if out["status"] != "ok":
-            continue
-        image_id = len(images) + 1
-        images.append(
-            {
-                "id": image_id,
-                "file_name": out["source"],
-                "width": out["image_w"],
-                "height": out["image_h"],
-            }
-        )
-        pending += [(image_id, r) for r in out["regions"]]
-    names = sorted({r["phrase"] for _, r in pending})
-    category = {name: i + 1 for i, name in enumerate(names)}
-    annotations = []
-    for n, (image_id, r) in enumerate(pending, start=1):
-        x1, y1, x2, y2 = r["bbox"]
-        w, h = x2 - x1, y2 - y1
-        annotations.append(
-            {
-                "id": n,
-                "image_id": image_id,
-                "category_id": category[r["phrase"]],
-                "bbox": [x1, y1, w, h],
-                "area": w * h,
-                "iscrowd": 0,
-                "score": 1.0 if r["score"] is None else r["score"],
-            }
-        )
-    return {
-        "info": {"description": "vlmjobs infer predictions"},
-        "images": images,
-        "categories": [
-            {"id": i, "name": n, "supercategory": "region"} for n, i in category.items()
-        ],
-        "annotations": annotations,
-    }
-
-
-def to_labelstudio(outputs: Iterable[dict[str, Any]], model_version: str) -> list[dict[str, Any]]:
-    """Label Studio tasks with predictions: rectangles in PERCENT of the original image,
-    labels = phrases, per-region score; the prediction's score is the mean region score."""
-    tasks = []
-    for out in outputs:
-        if out["status"] != "ok":
-            continue
-        w, h = out["image_w"], out["image_h"]
-        result = [_ls_rect(i, r, w, h) for i, r in enumerate(out["regions"])]
-        scores = [r["score"] for r in out["regions"] if r["score"] is not None]
-        tasks.append(
-            {
-                "data": {"image": out["source"], "key": out["key"]},
-                "predictions": [
-                    {
-                        "model_version": model_version,
-                        "score": sum(scores) / len(scores) if scores else None,
-                        "result": result,
-                    }
-                ],
-            }
-        )
-    return tasks
-
-
-def _ls_rect(i: int, region: dict[str, Any], w: int, h: int) -> dict[str, Any]:
-    x1, y1, x2, y2 = region["bbox"]
-    return {
-        "id": f"r{i}",
-        "type": "rectanglelabels",
-        "from_name": "label",
-        "to_name": "image",
-        "original_width": w,
-        "original_height": h,
-        "image_rotation": 0,
-        "score": region["score"],
-        "value": {
-            "x": 100.0 * x1 / w,
-            "y": 100.0 * y1 / h,
-            "width": 100.0 * (x2 - x1) / w,
-            "height": 100.0 * (y2 - y1) / h,
-            "rotation": 0,
-            "rectanglelabels": [region["phrase"]],
-        },
-    }
-
-
-def write_csv(outputs: Iterable[dict[str, Any]], stream: TextIO) -> int:
-    """One row per region (images without regions have no row); returns the row count."""
-    writer = csv.DictWriter(stream, fieldnames=CSV_FIELDS, lineterminator="\n")
-    writer.writeheader()
-    rows = 0
-    for out in outputs:
-        for r in out["regions"]:
-            x1, y1, x2, y2 = r["bbox"]
-            writer.writerow(
-                {
-                    "key": out["key"],
-                    "source": out["source"],
-                    "image_w": out["image_w"],
-                    "image_h": out["image_h"],
-                    **{"x1": x1, "y1": y1, "x2": x2, "y2": y2},
-                    "phrase": r["phrase"],
-                    "score": "" if r["score"] is None else r["score"],
-                }
-            )
-            rows += 1
-    return rows
-
-
-def export(outputs: Iterable[dict[str, Any]], fmt: str, stream: TextIO, model_version: str) -> None:
-    """Write ``outputs`` to ``stream`` in ``fmt`` (one of FORMATS)."""
-    if fmt == "jsonl":
-        for line in jsonl_lines(outputs):
-            stream.write(line + "\n")
-    elif fmt == "csv":
-        write_csv(outputs, stream)
-    elif fmt == "coco":
-        json.dump(to_coco(outputs), stream, ensure_ascii=False)
-    elif fmt == "labelstudio":
-        json.dump(to_labelstudio(outputs, model_version), stream, ensure_ascii=False)
-    else:
-        raise ValueError(f"format {fmt!r} is not one of {', '.join(FORMATS)}")
-
+from vlmjobs.exports import FORMATS, LS_MODES, export, image_url, labelstudio_config
 
 # --- render: boxes and phrases drawn on the original image --------------------------------------
 
@@ -234,30 +87,6 @@ def render(outputs: Iterable[dict[str, Any]], out_dir: Path, limit: int | None) 
 # --- database side ------------------------------------------------------------------------------
 
 
-def output_dict(row: Any) -> dict[str, Any]:
-    """An ``Output`` row (with its regions) as an export dict."""
-    return {
-        "key": row.item_key,
-        "source": row.source,
-        "status": row.status,
-        "parse_status": row.parse_status,
-        "raw_text": row.raw_text,
-        "error": row.error,
-        "image_w": row.image_w,
-        "image_h": row.image_h,
-        "input_w": row.input_w,
-        "input_h": row.input_h,
-        "prompt_tokens": row.prompt_tokens,
-        "generated_tokens": row.generated_tokens,
-        "latency_ms": row.latency_ms,
-        "extra": row.extra or {},
-        "regions": [
-            {"bbox": [r.x1, r.y1, r.x2, r.y2], "phrase": r.phrase, "score": r.score}
-            for r in sorted(row.regions, key=lambda r: r.id)
-        ],
-    }
-
-
 def load_job(job_id: int) -> dict[str, Any]:
     """The job's id, kind, state and spec; JobNotFound when there is none."""
     from vlmjobs.db.models import Job
@@ -268,31 +97,6 @@ def load_job(job_id: int) -> dict[str, Any]:
         if job is None:
             raise JobNotFound(f"no job {job_id}: see `vlmjobs status` for the ids")
         return {"id": job.id, "kind": job.kind, "state": job.state, "spec": job.spec}
-
-
-def iter_outputs(job_id: int, chunk: int = 500) -> Iterator[dict[str, Any]]:
-    """The job's outputs in commit order, read ``chunk`` rows (and their regions) at a time."""
-    from sqlalchemy import select
-    from sqlalchemy.orm import selectinload
-
-    from vlmjobs.db.models import Output
-    from vlmjobs.db.session import session
-
-    last = 0
-    while True:
-        with session() as s:
-            rows = s.scalars(
-                select(Output)
-                .where(Output.job_id == job_id, Output.id > last)
-                .order_by(Output.id)
-                .limit(chunk)
-                .options(selectinload(Output.regions))
-            ).all()
-            batch = [output_dict(r) for r in rows]
-        if not batch:
-            return
-        last = rows[-1].id
-        yield from batch
 
 
 def throughput_line(s: Any, job: Any) -> str:
@@ -336,34 +140,91 @@ def model_version(job: dict[str, Any]) -> str:
 
 def _infer_job(job_id: int) -> dict[str, Any]:
     job = load_job(job_id)
-    if job["kind"] != "infer":
-        raise JobNotFound(f"job {job_id} is a {job['kind']} job: results come from infer jobs")
+    if job["kind"] not in ("infer", "eval"):
+        raise JobNotFound(
+            f"job {job_id} is a {job['kind']} job: results come from infer and eval jobs"
+        )
     return job
 
 
 @cli.command()
-@click.argument("job_id", type=int)
+@click.argument("job_id", type=JOB_ID)
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default="jsonl", show_default=True)
 @click.option(
     "--out", type=click.Path(dir_okay=False, path_type=Path), help="file (default: stdout)"
 )
+@click.option(
+    "--gt",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="coco: take image ids, file names and categories from this ground truth",
+)
+@click.option("--class-agnostic", is_flag=True, help="coco: one category; phrase in `caption`")
+@click.option(
+    "--ls-mode",
+    type=click.Choice(LS_MODES),
+    default="captions",
+    show_default=True,
+    help="labelstudio: a per-region phrase TextArea, or a Label per phrase",
+)
+@click.option("--config", is_flag=True, help="labelstudio: print the labeling config instead")
+@click.option("--image-root-url", help="labelstudio: URL prefix Label Studio serves images from")
+@click.option(
+    "--image-root",
+    help="labelstudio: the directory --image-root-url serves (default: the images' common parent)",
+)
 @friendly_errors
-def results(job_id: int, fmt: str, out: Path | None) -> None:
+def results(
+    job_id: int,
+    fmt: str,
+    out: Path | None,
+    gt: Path | None,
+    class_agnostic: bool,
+    ls_mode: str,
+    config: bool,
+    image_root_url: str | None,
+    image_root: str | None,
+) -> None:
     """Export an infer job's outputs: boxes in original pixels (Label Studio: percent)."""
     job = _infer_job(job_id)
+    if config:
+        phrases = (r["phrase"] for o in iter_outputs(job_id) for r in o["regions"])
+        click.echo(labelstudio_config(ls_mode, phrases if ls_mode == "labels" else ()), nl=False)
+        return
+    options: dict[str, Any] = {"class_agnostic": class_agnostic, "ls_mode": ls_mode}
+    if gt is not None:
+        options["truth"] = _read_truth(gt)
+    if image_root_url:
+        root = image_root or _common_parent(o["source"] for o in iter_outputs(job_id))
+        options["url"] = lambda source: image_url(source, root, image_root_url)
     outputs = iter_outputs(job_id)
     if out is None:
-        export(outputs, fmt, sys.stdout, model_version(job))
+        export(outputs, fmt, sys.stdout, model_version(job), **options)
         return
     tmp = out.with_name(out.name + ".partial")
     with tmp.open("w", encoding="utf-8", newline="") as stream:
-        export(outputs, fmt, stream, model_version(job))
+        export(outputs, fmt, stream, model_version(job), **options)
     tmp.replace(out)  # a reader never sees half a file
     click.echo(f"wrote {out}", err=True)
 
 
+def _read_truth(path: Path) -> Any:
+    from vlmjobs.eval.data import load_truth
+
+    try:
+        return load_truth(path)
+    except (ValueError, KeyError, json.JSONDecodeError) as e:
+        raise click.BadParameter(str(e), param_hint="--gt") from e
+
+
+def _common_parent(sources: Iterable[str]) -> str:
+    paths = [s.split("!", 1)[0] for s in sources]
+    if not paths:
+        return "/"
+    return os.path.commonpath([os.path.dirname(p) for p in paths])
+
+
 @cli.command("render")
-@click.argument("job_id", type=int)
+@click.argument("job_id", type=JOB_ID)
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path))
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="at most N images")
 @friendly_errors

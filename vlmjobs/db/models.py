@@ -72,7 +72,7 @@ class Job(Base):
     result: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     error: Mapped[str | None] = mapped_column(Text)  # one line: type and message
     traceback: Mapped[str | None] = mapped_column(Text)
-    # For scheduled infer runs (a later issue): which schedule created this job.
+    # For scheduled infer runs: which schedule created this job.
     schedule_id: Mapped[int | None] = mapped_column(Integer, index=True)
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
     queued_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)  # last (re)queue

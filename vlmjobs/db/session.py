@@ -9,6 +9,7 @@ in a process (a cheap version check; the upgrade itself runs under a lock).
 from __future__ import annotations
 
 import fcntl
+import importlib.util
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -16,11 +17,12 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event, text
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError
 from sqlalchemy.orm import Session
 
 from vlmjobs import settings
-from vlmjobs.errors import VlmjobsError
+from vlmjobs.errors import ConfigError, VlmjobsError
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 # An arbitrary constant: the key of the PostgreSQL advisory lock held while upgrading.
@@ -38,7 +40,7 @@ def mask_url(url: str) -> str:
     """
     try:
         return make_url(url).render_as_string(hide_password=True)
-    except ValueError:
+    except (ValueError, ArgumentError):
         return _USERINFO_PASSWORD.sub(r"\1***@", url)
 
 
@@ -51,18 +53,62 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur.close()
 
 
+# PostgreSQL drivers SQLAlchemy knows -> the module each imports and what to install.
+_PG_DRIVERS = {
+    "psycopg": ("psycopg", "psycopg[binary]"),
+    "psycopg2": ("psycopg2", "psycopg2-binary"),
+    "asyncpg": ("asyncpg", "asyncpg"),
+    "pg8000": ("pg8000", "pg8000"),
+}
+
+
+def normalize_url(url: str) -> URL:
+    """``url`` as SQLAlchemy should read it, or VlmjobsError in one line saying what to do.
+
+    ``postgres://`` (Heroku, many PaaS) and ``postgresql://`` both mean psycopg 3, the
+    driver vlmjobs depends on (SQLAlchemy 2.0 read a bare ``postgresql://`` as psycopg2,
+    2.1 as psycopg 3: naming it makes the same URL work on both). An explicit driver
+    (``postgresql+psycopg2://``) is kept, and must be installed.
+    """
+    if url.startswith("postgres://"):
+        url = "postgresql://" + url[len("postgres://") :]
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        raise ConfigError(
+            f"database URL {mask_url(url)!r} is not a URL: write sqlite:///PATH or "
+            "postgresql://USER:PASSWORD@HOST:PORT/DB"
+        ) from None
+    if parsed.drivername == "postgresql":
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    backend, _, driver = parsed.drivername.partition("+")
+    if backend not in ("sqlite", "postgresql"):
+        raise ConfigError(
+            f"database URL {mask_url(url)!r}: vlmjobs supports sqlite:/// and postgresql:// "
+            f"(got {backend!r})"
+        )
+    if backend == "postgresql":
+        module, package = _PG_DRIVERS.get(driver, (driver, driver))
+        if importlib.util.find_spec(module) is None:
+            raise ConfigError(
+                f"database URL {mask_url(url)!r} needs the PostgreSQL driver {module!r}, which "
+                f"is not installed: pip install '{package}', or write postgresql:// (psycopg 3)"
+            )
+    return parsed
+
+
 def get_engine(url: str | None = None) -> Engine:
     """The process's engine for ``url`` (default: ``settings.db_url()``), created once."""
     url = url or settings.db_url()
     if url not in _engines:
-        parsed = make_url(url)
+        parsed = normalize_url(url)
         if parsed.get_backend_name() == "sqlite":
             if parsed.database and parsed.database != ":memory:":
                 Path(parsed.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
-            engine = create_engine(url, connect_args={"timeout": 30})
+            engine = create_engine(parsed, connect_args={"timeout": 30})
             event.listen(engine, "connect", _sqlite_pragmas)
         else:
-            engine = create_engine(url, pool_pre_ping=True)
+            engine = create_engine(parsed, pool_pre_ping=True)
         _engines[url] = engine
     return _engines[url]
 
@@ -83,13 +129,14 @@ def session(url: str | None = None) -> Iterator[Session]:
         yield s
 
 
-def _alembic_config(url: str) -> Any:
+def alembic_config(url: str) -> Any:
     from alembic.config import Config
 
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS))
     # ConfigParser interpolation treats % specially: escape it in passwords.
-    cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    full = normalize_url(url).render_as_string(hide_password=False)
+    cfg.set_main_option("sqlalchemy.url", full.replace("%", "%%"))
     return cfg
 
 
@@ -99,7 +146,7 @@ def current_revision(url: str | None = None) -> tuple[str | None, str | None]:
     from alembic.script import ScriptDirectory
 
     url = url or settings.db_url()
-    head = ScriptDirectory.from_config(_alembic_config(url)).get_current_head()
+    head = ScriptDirectory.from_config(alembic_config(url)).get_current_head()
     with get_engine(url).connect() as conn:
         return MigrationContext.configure(conn).get_current_revision(), head
 
@@ -115,7 +162,7 @@ def upgrade(url: str | None = None) -> None:
             conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": _PG_LOCK_KEY})
             try:
                 if current_revision(url)[0] != current_revision(url)[1]:
-                    command.upgrade(_alembic_config(url), "head")
+                    command.upgrade(alembic_config(url), "head")
             finally:
                 conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": _PG_LOCK_KEY})
                 conn.commit()
@@ -124,24 +171,31 @@ def upgrade(url: str | None = None) -> None:
         with open(lock, "w") as fh:
             fcntl.flock(fh, fcntl.LOCK_EX)
             if current_revision(url)[0] != current_revision(url)[1]:
-                command.upgrade(_alembic_config(url), "head")
+                command.upgrade(alembic_config(url), "head")
     _upgraded.add(url)
+
+
+def known_revision(revision: str | None) -> bool:
+    """Whether this vlmjobs ships ``revision`` (None: an empty database, also known)."""
+    from alembic.script import ScriptDirectory
+    from alembic.util import CommandError
+
+    if revision is None:
+        return True
+    try:
+        ScriptDirectory.from_config(alembic_config(settings.db_url())).get_revision(revision)
+    except CommandError:
+        return False
+    return True
 
 
 def _refuse_newer_schema(url: str, have: str | None, head: str | None) -> None:
     """A host still on an older release must not try to "upgrade" a newer schema down."""
-    from alembic.script import ScriptDirectory
-    from alembic.util import CommandError
-
-    if have is None:
-        return
-    try:
-        ScriptDirectory.from_config(_alembic_config(url)).get_revision(have)
-    except CommandError:
+    if not known_revision(have):
         raise VlmjobsError(
             f"database {mask_url(url)} is at schema revision {have!r}, newer than this "
             f"vlmjobs knows (head {head!r}): upgrade vlmjobs on this host"
-        ) from None
+        )
 
 
 def ensure_schema(url: str | None = None) -> Engine:

@@ -24,6 +24,7 @@ KINDS: dict[str, Kind] = {
         Kind("clean", "vlmjobs.specs.clean:CleanSpec", "vlmjobs.jobs.clean:run", "cpu"),
         Kind("train", "vlmjobs.specs.train:TrainSpec", "vlmjobs.jobs.train:run", "gpu"),
         Kind("infer", "vlmjobs.specs.infer:InferSpec", "vlmjobs.jobs.infer:run", "gpu"),
+        Kind("eval", "vlmjobs.specs.eval:EvalSpec", "vlmjobs.jobs.eval:run", "gpu"),
     ]
 }
 

@@ -93,10 +93,10 @@ def run(spec: InferSpec, ctx: JobContext) -> dict[str, Any]:
     ctx.log.info("infer plan: %s", plan.describe())
     processor, generator = _engine(spec, plan, ctx)
     total = count_items(spec.inputs, spec.include, spec.exclude)
-    if total is not None and spec.limit is not None:
+    if spec.limit is not None:
         total = min(total, spec.limit)
     done_keys = ctx.done_keys()
-    ctx.event(f"infer: {total if total is not None else 'unknown'} images, {len(done_keys)} done")
+    ctx.event(f"infer: {total} images, {len(done_keys)} done")
     units: queue.Queue = queue.Queue(maxsize=QUEUE_BATCHES)
     stop = threading.Event()
     producer = threading.Thread(
@@ -114,7 +114,9 @@ def run(spec: InferSpec, ctx: JobContext) -> dict[str, Any]:
     finally:
         stop.set()
         producer.join(timeout=30)
-    ctx.progress(tally.done, total if total is not None or stopped else tally.done)
+    # Run to the end, every item was seen: the count is the truth (an archive cut short
+    # yields fewer items than its headers promised).
+    ctx.progress(tally.done, total if stopped else tally.done)
     return _summary(tally, stopped)
 
 
@@ -148,7 +150,7 @@ def _consume(
     units: queue.Queue,
     ctx: JobContext,
     tally: Tally,
-    total: int | None,
+    total: int,
 ) -> bool:
     """Generate and commit until the producer is done; True when stopped early."""
     step = 0

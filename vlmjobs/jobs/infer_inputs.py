@@ -158,12 +158,33 @@ def list_file_paths(list_file: Path) -> list[Path]:
     return out
 
 
+def _tar_items(
+    tar: tarfile.TarFile, include: list[str], exclude: list[str]
+) -> Iterator[tarfile.TarInfo]:
+    """The members of an open tar that become items: one rule for counting and reading."""
+    for member in tar:
+        if member.isfile() and matches(member.name, include, exclude):
+            yield member  # directories, links, devices: nothing to label
+
+
+def count_tar(path: Path, include: list[str], exclude: list[str]) -> int:
+    """How many items ``iter_tar`` yields. A plain tar's headers are read by seeking past
+    the data; a compressed one is decompressed once more (gzip runs at hundreds of MB/s,
+    small beside labelling what it holds), so the job knows its total and ETA up front."""
+    tar = tarfile.open(path, mode="r:") if _plain_tar(path) else tarfile.open(path, mode="r|*")
+    with tar:
+        return sum(1 for _ in _tar_items(tar, include, exclude))
+
+
+def _plain_tar(path: Path) -> bool:
+    with open(path, "rb") as f:
+        return f.read(2) not in (b"\x1f\x8b", b"BZ", b"\xfd7")  # gzip, bzip2, xz magic
+
+
 def iter_tar(path: Path, include: list[str], exclude: list[str]) -> Iterator[RawItem]:
     """Members of a tar / tar.gz in archive order, one pass, stream mode (no seeking)."""
     with tarfile.open(path, mode="r|*") as tar:
-        for member in tar:
-            if not member.isfile() or not matches(member.name, include, exclude):
-                continue  # directories, links, devices: nothing to label
+        for member in _tar_items(tar, include, exclude):
             source = f"{path}{SEP}{member.name}"
             if reason := unsafe_member_reason(member.name):
                 yield RawItem(source, failed_key(source), error=reason)
@@ -194,20 +215,24 @@ def iter_zip(path: Path, include: list[str], exclude: list[str]) -> Iterator[Raw
                     yield _read_stream(source, stream)
 
 
-def count_items(inputs: Iterable[str | Path], include: list[str], exclude: list[str]) -> int | None:
-    """How many items ``iter_items`` will yield, or None when a tar is among them (not known
-    without reading it through)."""
+def count_items(inputs: Iterable[str | Path], include: list[str], exclude: list[str]) -> int:
+    """How many items ``iter_items`` will yield (an unreadable archive counts as its one
+    failed item, as ``iter_items`` reports it)."""
     total = 0
     for raw in inputs:
         path = Path(raw).expanduser()
         kind = archive_kind(path)
         if path.is_dir():
             total += len(folder_files(path, include, exclude))
-        elif kind == "tar":
-            return None
-        elif kind == "zip":
-            with zipfile.ZipFile(path) as zf:
-                total += len(zip_members(zf, include, exclude))
+        elif kind in ("tar", "zip"):
+            try:
+                if kind == "tar":
+                    total += count_tar(path, include, exclude)
+                else:
+                    with zipfile.ZipFile(path) as zf:
+                        total += len(zip_members(zf, include, exclude))
+            except (tarfile.TarError, zipfile.BadZipFile, OSError, EOFError):
+                total += 1
         elif kind == "list":
             total += len(list_file_paths(path))
         else:

@@ -9,7 +9,7 @@
 
 The model side (LoRA attachment, chunked loss, memory estimate) is ``train_model.py``;
 data and batch order ``train_data.py``; checkpoints ``train_ckpt.py``; metrics
-``evaluate.py``; the evaluation loop ``train_eval.py``.
+``eval/answers.py``; the evaluation loop ``train_eval.py``.
 """
 
 from __future__ import annotations

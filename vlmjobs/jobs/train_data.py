@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import copy
 import json
-import math
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -172,15 +171,6 @@ def epoch_batches(
     longest = max(range(len(batches)), key=lambda b: (max(lengths[i] for i in batches[b]), -b))
     batches.insert(0, batches.pop(longest))
     return batches
-
-
-def split_batches(batches: list[list[int]]) -> list[list[int]]:
-    """Halve every batch (after an out-of-memory step): same samples, same order."""
-    out: list[list[int]] = []
-    for batch in batches:
-        half = math.ceil(len(batch) / 2)
-        out += [part for part in (batch[:half], batch[half:]) if part]
-    return out
 
 
 # ---------------------------------------------------------------- a train job's data

@@ -3,7 +3,7 @@
 Teacher-forced on the answer tokens: the token-weighted CE of training (no dropout) and
 token accuracy. Task metrics generate greedily from the prompt alone, parse the answer
 with the task's parser and score it against the target parsed the same way
-(``evaluate.py``): regions P/R/F1 at IoU 0.5 with phrase match, JSON edit distance and
+(``eval/answers.py``): regions P/R/F1 at IoU 0.5 with phrase match, JSON edit distance and
 field accuracy, and for every task the parse rate (answers read as ok or repaired).
 """
 
@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from vlmjobs.jobs.evaluate import (
+from vlmjobs.eval.answers import (
     RegionCounts,
     json_edit_distance,
     json_field_accuracy,

@@ -73,7 +73,8 @@ def prepare_model(model: Any, spec: TrainSpec) -> Any:
         param.requires_grad_(False)
     for module in model.modules():
         # bitsandbytes on AVX512-BF16 CPUs repacks 4-bit weights in place during no-grad
-        # passes; a training step after any eval then fails (PLATFORM.md).
+        # passes (in_features % 64 == 0); a training step after any eval then fails with
+        # "a view of a leaf Variable ... is being used in an in-place operation".
         if hasattr(module, "support_avx512bf16_for_cpu"):
             module.support_avx512bf16_for_cpu = False
     model.config.use_cache = False

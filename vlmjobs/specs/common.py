@@ -124,4 +124,23 @@ def local_or_hub(value: str) -> str:
             f"model path {value!r} does not exist locally, and hub ids are refused while "
             "VLMJOBS_ALLOWED_ROOTS is set: point model.path at a checkpoint under an allowed root"
         )
+    if not _is_hub_id(value):
+        raise ValueError(
+            f"model path {value!r} does not exist locally and is not a Hugging Face hub id "
+            "(org/name): check the path"
+        )
     return value
+
+
+def _is_hub_id(value: str) -> bool:
+    """``org/name`` or ``name`` as the hub spells repo ids (not a path: no leading ``/``,
+    ``.``, ``~``, at most one ``/``)."""
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    if value.startswith(("/", ".", "~")) or value.count("/") > 1:
+        return False
+    try:
+        validate_repo_id(value)
+    except HFValidationError:
+        return False
+    return True

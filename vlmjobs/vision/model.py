@@ -6,8 +6,8 @@ the model class, the processor and the pixel frame.
     model, processor = load_model(spec, device="cuda")
 
 Works with and without torchvision: without it, ``AutoProcessor`` silently
-returns a bare tokenizer (PLATFORM.md), so the processor is assembled here from
-the image processor's PIL variant + the tokenizer + the chat template.
+returns a bare tokenizer (its video processor needs torchvision), so the processor is
+assembled here from the image processor's PIL variant + the tokenizer + the chat template.
 """
 
 from __future__ import annotations
@@ -29,8 +29,9 @@ from vlmjobs.vision.family import Family, family_of
 log = logging.getLogger(__name__)
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
-# Quantizing the vision tower or lm_head costs accuracy for little memory; names match from
-# the start of the full module name (PLATFORM.md), so "visual" alone would match nothing.
+# Quantizing the vision tower or lm_head costs accuracy for little memory; bitsandbytes'
+# llm_int8_skip_modules match from the start of the full module name, so "visual" alone
+# would match nothing.
 SKIP_QUANT = ["model.visual", "lm_head"]
 
 
@@ -150,7 +151,8 @@ def _check_attention(spec: ModelSpec, device: str) -> None:
 
 
 def _fix_cpu_4bit(model: torch.nn.Module) -> None:
-    """Stop bitsandbytes repacking 4-bit weights in place on AVX512-BF16 CPUs (PLATFORM.md)."""
+    """Stop bitsandbytes repacking 4-bit weights in place on AVX512-BF16 CPUs: a training
+    step after any no-grad pass then fails (see prepare_model in jobs/train_model.py)."""
     import bitsandbytes as bnb
 
     for module in model.modules():

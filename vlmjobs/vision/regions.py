@@ -100,19 +100,45 @@ def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 _ARTICLE = re.compile(r"^(a|an|the)\s+")
+_PUNCTUATION = re.compile(r"[^\w\s]")
 
 
 def normalize_phrase(phrase: str) -> str:
-    """Lower case, single spaces, no leading article or trailing punctuation: "A Red  circle." ->
-    "red circle"."""
-    text = " ".join(phrase.lower().split()).strip(" .,;:!?\"'")
+    """The key under which two phrases are "the same" for dedup, clean and eval alike: lower
+    case, punctuation turned into spaces, spaces collapsed, one leading article dropped:
+    "A Red-circle." -> "red circle"."""
+    text = " ".join(_PUNCTUATION.sub(" ", phrase.lower()).split())
     return _ARTICLE.sub("", text)
+
+
+def match_pairs(
+    iou: np.ndarray, allowed: np.ndarray, iou_threshold: float
+) -> list[tuple[int, int]]:
+    """One-to-one (pred, gold) index pairs, greedy by IoU (highest first), among pairs with
+    ``allowed`` True and IoU >= ``iou_threshold``; ``iou`` and ``allowed`` are (N, M)."""
+    candidates = np.argwhere(allowed & (iou >= iou_threshold))
+    order = np.argsort(-iou[candidates[:, 0], candidates[:, 1]], kind="stable")
+    used_pred: set[int] = set()
+    used_gold: set[int] = set()
+    pairs = []
+    for i, j in candidates[order].tolist():
+        if i not in used_pred and j not in used_gold:
+            used_pred.add(i)
+            used_gold.add(j)
+            pairs.append((i, j))
+    return pairs
+
+
+def same_phrase(a: Sequence[str], b: Sequence[str]) -> np.ndarray:
+    """(len(a), len(b)) bool: True where the normalised phrases are equal."""
+    ka = np.array([normalize_phrase(p) for p in a], dtype=object)
+    kb = np.array([normalize_phrase(p) for p in b], dtype=object)
+    return (ka[:, None] == kb[None, :]).astype(bool).reshape(len(ka), len(kb))
 
 
 def exact_similarity(phrases: list[str]) -> np.ndarray:
     """(N, N) 1.0 where normalised phrases are equal, else 0.0."""
-    keys = [normalize_phrase(p) for p in phrases]
-    return np.array([[float(x == y) for y in keys] for x in keys]).reshape(len(keys), len(keys))
+    return same_phrase(phrases, phrases).astype(np.float64)
 
 
 def dedup(

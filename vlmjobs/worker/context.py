@@ -156,7 +156,7 @@ class WorkerContext:
 
         with session() as s:
             keys = set(s.scalars(select(Output.item_key).where(Output.job_id == self.job_id)))
-        # A scheduled run also skips what other runs of its schedule labeled (issue 7).
+        # A scheduled run also skips what other runs of its schedule labeled.
         return keys | earlier_run_keys(self.job_id)
 
     def save_outputs(self, outputs: Iterable[OutputRecord]) -> int:

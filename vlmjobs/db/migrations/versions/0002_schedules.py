@@ -1,4 +1,4 @@
-"""schedules and their events (issue 7: scheduled bulk labeling)
+"""schedules and their events (scheduled bulk labeling)
 
 Revision ID: 0002
 Revises: 0001

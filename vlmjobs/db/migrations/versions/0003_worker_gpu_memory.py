@@ -1,4 +1,4 @@
-"""workers: GPU memory seen by the heartbeat (issue 8: `vlmjobs workers` on several hosts)
+"""workers: GPU memory seen by the heartbeat (`vlmjobs workers` on several hosts)
 
 Revision ID: 0003
 Revises: 0002

@@ -17,9 +17,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from rapidfuzz.distance import Levenshtein
+
+from vlmjobs.vision.regions import Regions, iou_matrix, match_pairs, same_phrase
 
 IOU_THRESHOLD = 0.5
-_ARTICLES = re.compile(r"^(a|an|the)\s+")
 _FENCE = re.compile(r"^\s*```(?:json)?\s*(.*?)\s*```\s*$", re.DOTALL)
 
 
@@ -51,26 +53,6 @@ class RegionCounts:
         return 2 * p * r / (p + r) if p + r else 0.0
 
 
-def normalise_phrase(phrase: str) -> str:
-    """Lower case, punctuation to spaces, one leading article dropped, spaces collapsed."""
-    text = re.sub(r"[^\w\s]", " ", phrase.lower())
-    text = " ".join(text.split())
-    return _ARTICLES.sub("", text)
-
-
-def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """IoU of every box in ``a`` (N, 4) with every box in ``b`` (M, 4), xyxy -> (N, M)."""
-    a = np.asarray(a, dtype=np.float64).reshape(-1, 4)
-    b = np.asarray(b, dtype=np.float64).reshape(-1, 4)
-    lt = np.maximum(a[:, None, :2], b[None, :, :2])
-    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
-    inter = np.clip(rb - lt, 0, None).prod(axis=2)
-    area_a = np.clip(a[:, 2:] - a[:, :2], 0, None).prod(axis=1)
-    area_b = np.clip(b[:, 2:] - b[:, :2], 0, None).prod(axis=1)
-    union = area_a[:, None] + area_b[None, :] - inter
-    return np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
-
-
 def match_regions(
     pred_boxes: np.ndarray,
     pred_phrases: list[str],
@@ -78,26 +60,14 @@ def match_regions(
     gold_phrases: list[str],
     iou_threshold: float = IOU_THRESHOLD,
 ) -> RegionCounts:
-    """Counts for one image; boxes (N, 4) xyxy in one frame (original pixels), phrases parallel."""
-    if len(pred_phrases) != len(np.asarray(pred_boxes).reshape(-1, 4)) or len(gold_phrases) != len(
-        np.asarray(gold_boxes).reshape(-1, 4)
-    ):
-        raise ValueError("each box needs exactly one phrase: boxes and phrases differ in length")
-    iou = box_iou(pred_boxes, gold_boxes)
-    same = np.array(
-        [[normalise_phrase(p) == normalise_phrase(g) for g in gold_phrases] for p in pred_phrases],
-        dtype=bool,
-    ).reshape(iou.shape)
-    candidates = np.argwhere(same & (iou >= iou_threshold))
-    # Greedy one-to-one by IoU, highest first: a target is found at most once.
-    order = np.argsort(-iou[candidates[:, 0], candidates[:, 1]], kind="stable")
-    used_pred: set[int] = set()
-    used_gold: set[int] = set()
-    for i, j in candidates[order]:
-        if i not in used_pred and j not in used_gold:
-            used_pred.add(int(i))
-            used_gold.add(int(j))
-    return RegionCounts(len(used_pred), len(pred_phrases), len(gold_phrases))
+    """Counts for one image; boxes (N, 4) xyxy in one frame (original pixels), phrases parallel.
+    Matching (greedy one-to-one by IoU, same normalised phrase) is ``vision.regions``', the
+    same rule infer's dedup and clean use for "the same phrase"."""
+    pred = Regions(pred_boxes, pred_phrases)
+    gold = Regions(gold_boxes, gold_phrases)
+    iou = iou_matrix(pred.boxes, gold.boxes)
+    pairs = match_pairs(iou, same_phrase(pred.phrases, gold.phrases), iou_threshold)
+    return RegionCounts(len(pairs), len(pred), len(gold))
 
 
 def parse_json(text: str) -> tuple[bool, Any]:
@@ -115,16 +85,13 @@ def canonical_json(value: Any) -> str:
 
 
 def edit_distance(a: str, b: str) -> int:
-    """Levenshtein distance (insert, delete, substitute: cost 1 each); O(len(a) * len(b))."""
-    if len(a) < len(b):
-        a, b = b, a
-    previous = list(range(len(b) + 1))
-    for i, ca in enumerate(a, 1):
-        current = [i]
-        for j, cb in enumerate(b, 1):
-            current.append(min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (ca != cb)))
-        previous = current
-    return previous[-1]
+    """Levenshtein distance (insert, delete, substitute: cost 1 each), by rapidfuzz (C++)."""
+    return int(Levenshtein.distance(a, b))
+
+
+def normalized_edit_distance(a: str, b: str) -> float:
+    """Edit distance over the longer length, in [0, 1] (0 = identical; two empty strings: 0)."""
+    return float(Levenshtein.normalized_distance(a, b))
 
 
 def json_edit_distance(pred_text: str, gold: Any) -> float:
@@ -134,9 +101,7 @@ def json_edit_distance(pred_text: str, gold: Any) -> float:
     """
     ok, value = parse_json(pred_text)
     pred = canonical_json(value) if ok else pred_text.strip()
-    target = canonical_json(gold)
-    longest = max(len(pred), len(target))
-    return edit_distance(pred, target) / longest if longest else 0.0
+    return normalized_edit_distance(pred, canonical_json(gold))
 
 
 def flatten_json(value: Any, prefix: str = "") -> dict[str, Any]:

@@ -1,0 +1,60 @@
+"""EvalSpec: score a model on held-out data (``vlmjobs submit eval eval.yaml``).
+
+    kind: eval
+    model: {path: /models/qwen2.5-vl-3b, adapter: "job:42"}
+    data: "job:12"          # a clean job (its `split`), or a ground-truth file
+    split: test
+
+Inference runs through the infer recipe (same engine, same parsing); the outputs are
+this job's own (``vlmjobs results ID``), then scored by ``vlmjobs.eval``.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, field_validator
+
+from vlmjobs.jobs.refs import is_job_ref, resolve_job_ref
+from vlmjobs.specs.common import JobSpec, existing_path
+from vlmjobs.specs.infer import InferModelSpec
+
+
+class EvalSpec(JobSpec):
+    """A model (+ adapter), data with ground truth, and how to score it."""
+
+    kind: Literal["eval"] = "eval"
+    model: InferModelSpec
+    # A clean job ("job:12": its split below, boxes already in original pixels), or a ground
+    # truth file: COCO instances JSON, region_descriptions.json, regions.jsonl, {image, suffix}.
+    data: str
+    split: Literal["test", "val"] = "test"
+    # Ground-truth file only: the folder its image names are relative to (default: its folder).
+    image_root: str | None = None
+    # coco | densecap | grounding | json | text; None: from the ground truth's shape.
+    metric: Literal["coco", "densecap", "grounding", "json", "text"] | None = None
+    # coco: any phrase may find any box.
+    class_agnostic: bool = False
+    # The infer knobs that matter for a score; the task, prompt and pixel limits come from the
+    # clean job's manifest (else the adapter's, else dense_caption).
+    task: (
+        Literal["dense_caption", "detect", "ground", "extract_json", "caption", "custom"] | None
+    ) = None
+    batch_size: int = Field(16, ge=1, le=256)
+    max_new_tokens: int = Field(512, ge=1)
+    engine: Literal["auto", "hf", "static"] = "auto"
+    # Score at most this many images (None: the whole split).
+    limit: int | None = Field(None, ge=1)
+
+    @field_validator("data")
+    @classmethod
+    def _data_exists(cls, value: str) -> str:
+        if is_job_ref(value):
+            resolve_job_ref(value, kind="clean", key="data_dir", what="data")
+            return value
+        return str(existing_path(value, "ground-truth file (or write a clean job as 'job:12')"))
+
+    @field_validator("image_root")
+    @classmethod
+    def _root_exists(cls, value: str | None) -> str | None:
+        return None if value is None else str(existing_path(value, "image_root"))

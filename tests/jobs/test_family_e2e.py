@@ -1,4 +1,4 @@
-"""Qwen2-VL and Qwen3-VL end to end: clean -> QLoRA train (with generating eval) -> infer,
+"""Qwen2-VL and Qwen3-VL end to end: clean -> QLoRA train (with generating eval) -> infer -> eval,
 through the real CLI, one real worker process, Redis and SQLite, on tiny checkpoints.
 
 The targets clean writes must be in the family's convention (0-1000 for both) and frame
@@ -97,3 +97,13 @@ def test_clean_train_infer_through_a_worker(
     }, timeout=180)  # fmt: skip
     assert (infer.result["images"], infer.result["ok"] + infer.result["failed"]) == (4, 4)
     assert infer.result["failed"] == 0
+
+    # ---- eval: the clean job's val split as truth, read in the family's frame and convention
+    scored = submit(vlmjobs_cli, wait_for_state, "eval", tmp_path / "eval.yaml", {
+        "model": {"path": str(model), "adapter": f"job:{train.id}", "dtype": "fp32"},
+        "data": f"job:{clean.id}", "split": "val", "batch_size": 2, "max_new_tokens": 8,
+    }, timeout=120)  # fmt: skip
+    val = [json.loads(x) for x in (data / "val.jsonl").read_text().splitlines()]
+    names = [Path(r["messages"][1]["content"][0]["image"]).name for r in val]
+    assert scored.result["images_matched"] == len(names) == 2
+    assert scored.result["metrics"]["ground_truth"] == sum(len(truth[n]["regions"]) for n in names)

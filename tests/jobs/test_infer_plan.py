@@ -3,6 +3,7 @@ otherwise, the JSON-schema subset, de-duplication keeping the best-scored repeat
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -32,20 +33,29 @@ def adapter(tmp_path: Path) -> Path:
     return path
 
 
+def base_model(tmp_path: Path, model_type: str = "qwen2_5_vl") -> str:
+    """A checkpoint dir as far as the plan reads one: config.json's model_type."""
+    path = tmp_path / f"base-{model_type}"
+    path.mkdir(exist_ok=True)
+    (path / "config.json").write_text(json.dumps({"model_type": model_type}))
+    return str(path)
+
+
 def spec_with(tmp_path: Path, **fields: object) -> InferSpec:
-    model = fields.pop("model", {"path": "m"})
+    model = fields.pop("model", {"path": base_model(tmp_path)})
     return InferSpec.model_validate({"model": model, "inputs": [str(tmp_path)], **fields})
 
 
 def test_manifest_settings_apply(tmp_path: Path, adapter: Path) -> None:
-    plan = make_plan(spec_with(tmp_path, model={"path": "m", "adapter": str(adapter)}))
+    model = {"path": base_model(tmp_path), "adapter": str(adapter)}
+    plan = make_plan(spec_with(tmp_path, model=model))
     assert (plan.min_pixels, plan.max_pixels) == (100_352, 401_408)
     assert plan.prompt == "List every object with its box."
     assert (plan.system, plan.convention, plan.parser) == ("You label shelves.", "1000", "regions")
 
 
 def test_spec_fields_override_the_manifest(tmp_path: Path, adapter: Path) -> None:
-    model = {"path": "m", "adapter": str(adapter), "max_pixels": 802_816}
+    model = {"path": base_model(tmp_path), "adapter": str(adapter), "max_pixels": 802_816}
     spec = spec_with(tmp_path, model=model, min_pixels=50_176, system="S", prompt="P")
     plan = make_plan(spec)
     assert (plan.min_pixels, plan.max_pixels) == (50_176, 802_816)
@@ -58,6 +68,18 @@ def test_no_adapter_uses_defaults(tmp_path: Path) -> None:
     plan = make_plan(spec_with(tmp_path))
     assert (plan.prompt, plan.system, plan.convention) == (DENSE_CAPTION_PROMPT, None, "absolute")
     assert (plan.min_pixels, plan.max_pixels) == (256 * 784, 1280 * 784)
+
+
+def test_the_base_model_family_decides_without_an_adapter(tmp_path: Path) -> None:
+    plan = make_plan(spec_with(tmp_path, model={"path": base_model(tmp_path, "qwen3_vl")}))
+    assert (plan.family.name, plan.convention) == ("qwen3_vl", "1000")
+    assert plan.input_size((1000, 500)) == (992, 512)  # multiples of 32 (28 would be 1008x504)
+
+
+def test_an_adapter_of_another_family_is_refused(tmp_path: Path, adapter: Path) -> None:
+    model = {"path": base_model(tmp_path, "qwen3_vl"), "adapter": str(adapter)}
+    with pytest.raises(ModelLoadError, match="trained on a 'qwen2_5_vl' model.*Qwen3-VL"):
+        make_plan(spec_with(tmp_path, model=model))
 
 
 @pytest.fixture

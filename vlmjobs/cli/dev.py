@@ -21,18 +21,24 @@ def dev() -> None:
 @click.argument("out", type=click.Path(file_okay=False, path_type=Path))
 @click.option(
     "--arch",
-    type=click.Choice(["tiny", "demo", "3b", "7b"]),
+    type=click.Choice(
+        ["tiny", "demo", "3b", "7b"]
+        + ["tiny-qwen2vl", "tiny-qwen3vl", "tiny-qwen3vlmoe"]
+        + ["qwen3vl-2b", "qwen3vl-4b", "qwen3vl-8b"]
+    ),
     default="tiny",
     show_default=True,
     help="tiny: tests (~0.45 M params, random); demo: ~1.9 M params pre-trained on demo "
-    "shapes (2-3 min on CPU); 3b/7b: the real architectures, random weights",
+    "shapes (2-3 min on CPU); 3b/7b: the real Qwen2.5-VL architectures, random weights; "
+    "tiny-qwen2vl / tiny-qwen3vl / tiny-qwen3vlmoe: tiny Qwen2-VL / Qwen3-VL / Qwen3-VL-MoE; "
+    "qwen3vl-2b/4b/8b: the real Qwen3-VL architectures, random weights",
 )
 @click.option("--seed", type=int, default=0, show_default=True, help="same seed, same weights")
 @click.option(
     "--device", default="cpu", show_default=True, help="where to build (cuda: fast 3b/7b)"
 )
 def make_model_cmd(out: Path, arch: str, seed: int, device: str) -> None:
-    """Write a random-weight Qwen2.5-VL checkpoint to OUT, built offline."""
+    """Write a random-weight Qwen-VL checkpoint to OUT, built offline."""
     from vlmjobs.vision.build import make_model
 
     started = time.monotonic()
@@ -41,6 +47,37 @@ def make_model_cmd(out: Path, arch: str, seed: int, device: str) -> None:
     click.echo(
         f"{arch} checkpoint at {path} ({size / 2**20:.1f} MiB, "
         f"{time.monotonic() - started:.1f} s, seed {seed})"
+    )
+
+
+@dev.command("quantize")
+@click.argument("model", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("out", type=click.Path(file_okay=False, path_type=Path))
+@click.option(
+    "--nf4",
+    "scheme",
+    flag_value="nf4",
+    required=True,
+    help="bitsandbytes 4-bit NormalFloat + double quantization (QLoRA's; the only scheme)",
+)
+@click.option("--device", default="cpu", show_default=True, help="where to quantize (cuda: fast)")
+def quantize_cmd(model: Path, out: Path, scheme: str, device: str) -> None:
+    """Write MODEL (a bf16 Qwen-VL checkpoint dir) as a pre-quantized nf4 checkpoint to OUT.
+
+    Loading OUT reads the 4-bit weights as saved: no bf16 weights on the card while loading.
+    """
+    from vlmjobs.errors import ModelLoadError
+    from vlmjobs.vision.quantize import quantize_checkpoint
+
+    started = time.monotonic()
+    try:
+        path = quantize_checkpoint(model, out, device=device)
+    except (ModelLoadError, FileExistsError) as err:
+        raise click.UsageError(str(err)) from None
+    size = sum(p.stat().st_size for p in path.iterdir() if p.is_file())
+    click.echo(
+        f"{scheme} checkpoint at {path} ({size / 2**20:.1f} MiB, "
+        f"{time.monotonic() - started:.1f} s)"
     )
 
 

@@ -32,7 +32,7 @@ def parse_size(value: str, what: str) -> tuple[int, int]:
     type=click.Choice(["absolute", "1000"]),
     default="absolute",
     show_default=True,
-    help="absolute: input-frame pixels (Qwen2.5-VL); 1000: 0-1000 (Qwen-VL, Qwen2-VL)",
+    help="absolute: input-frame pixels (Qwen2.5-VL); 1000: 0-1000 (Qwen-VL, Qwen2-VL, Qwen3-VL)",
 )
 @click.option("--no-clip", is_flag=True, help="keep boxes that reach outside the image")
 @click.argument("file", type=click.File("r", encoding="utf-8"), default="-")

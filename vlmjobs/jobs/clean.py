@@ -47,8 +47,9 @@ from vlmjobs.jobs.clean_records import (
 from vlmjobs.jobs.clean_report import Tally
 from vlmjobs.jobs.context import JobContext
 from vlmjobs.specs.clean import CleanSpec
-from vlmjobs.vision.frames import clip_boxes, input_size, valid_mask
-from vlmjobs.vision.manifest import Manifest
+from vlmjobs.vision.family import get_family
+from vlmjobs.vision.frames import clip_boxes, valid_mask
+from vlmjobs.vision.manifest import Manifest, convention_for
 from vlmjobs.vision.regions import iou_matrix
 from vlmjobs.vision.tasks import prompt_for
 
@@ -265,7 +266,7 @@ def _prepare(spec: CleanSpec, plan: Plan, tally: Tally, n: int, item: Item) -> P
         tally.skip(item.key, str(item.image), kind, reason)
         return None
     try:
-        frame = input_size(size, spec.min_pixels, spec.max_pixels)
+        frame = get_family(spec.family).input_size(size, spec.min_pixels, spec.max_pixels)
     except ValueError as e:
         tally.skip(item.key, str(item.image), "bad_size", str(e))
         return None
@@ -314,11 +315,13 @@ def _records(
     if plan.source.content == "captions":
         targets = [p.phrases[i] for i in final]
     else:
-        targets = [region_target(p.boxes[final], [p.phrases[i] for i in final], p.size, p.frame)]
+        phrases = [p.phrases[i] for i in final]
+        convention = get_family(spec.family).convention
+        targets = [region_target(p.boxes[final], phrases, p.size, p.frame, convention)]
         # Panels show what cleaning did: only images where a region was merged or removed.
         if tally.panels < plan.panels and len(final) < len(item.phrases):
             name = safe_name(str(Path(item.key).with_suffix("")))
-            after = (p.boxes[final], [p.phrases[i] for i in final])
+            after = (p.boxes[final], phrases)
             before = (item.boxes, item.phrases)
             if draw_panel(item.image, before, after, tmp / "panels" / f"{split}_{name}.png"):
                 tally.panels += 1
@@ -355,6 +358,8 @@ def _finish(
         base_model=None,  # clean does not know the model; train records its own
         min_pixels=spec.min_pixels,
         max_pixels=spec.max_pixels,
+        family=spec.family,
+        convention=convention_for(get_family(spec.family)),
         task=plan.task,
         prompt=plan.prompt or tally.common_prompt() or "",
         system=spec.system,
@@ -362,7 +367,7 @@ def _finish(
         extra={
             "format": plan.source.format,
             "labels": plan.source.labels,
-            "region_order": "top-to-bottom, then left-to-right (input-frame y1, x1)",
+            "region_order": "top-to-bottom, then left-to-right (model-frame y1, x1)",
             "cleaning": spec.model_dump(
                 mode="json",
                 include={

@@ -1,7 +1,7 @@
 """What the clean job writes: chat records, region targets, the seeded split.
 
-Region order in a target is top-to-bottom, then left-to-right (the input-frame
-box's rounded y1, then x1, then y2, x2, phrase). The order matters because the
+Region order in a target is top-to-bottom, then left-to-right (the box as the model
+writes it, rounded: y1, then x1, then y2, x2, phrase). The order matters because the
 training loss is per token: a fixed reading order makes the target a function
 of the image, not of the annotation file's order.
 """
@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from vlmjobs.specs.clean import SplitSpec
-from vlmjobs.vision.frames import to_input_frame
+from vlmjobs.vision.frames import Convention, to_model_frame
 from vlmjobs.vision.parse import format_regions
 
 SPLITS = ("train", "val", "test")
@@ -27,10 +27,15 @@ def reading_order(boxes_in: np.ndarray, phrases: list[str]) -> list[int]:
 
 
 def region_target(
-    boxes: np.ndarray, phrases: list[str], image_size: tuple[int, int], frame: tuple[int, int]
+    boxes: np.ndarray,
+    phrases: list[str],
+    image_size: tuple[int, int],
+    frame: tuple[int, int],
+    convention: Convention = "absolute",
 ) -> str:
-    """The assistant's text for (N, 4) ORIGINAL-pixel boxes: input-frame boxes, reading order."""
-    boxes_in = to_input_frame(boxes, image_size, frame)
+    """The assistant's text for (N, 4) ORIGINAL-pixel boxes, in reading order: input-frame
+    pixels (``absolute``, Qwen2.5-VL) or 0-1000 of the image (``1000``, Qwen2/Qwen3-VL)."""
+    boxes_in = to_model_frame(boxes, image_size, frame, convention)
     order = reading_order(boxes_in, phrases)
     return format_regions(boxes_in[order], [phrases[i] for i in order])
 

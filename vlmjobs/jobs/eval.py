@@ -13,7 +13,7 @@ Phases of ``run(spec, ctx)``:
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from vlmjobs.errors import DataError
 from vlmjobs.eval.data import Truth, load_truth, predictions_from_outputs
@@ -21,7 +21,6 @@ from vlmjobs.jobs.context import JobContext
 from vlmjobs.jobs.refs import is_job_ref, resolve_job_ref
 from vlmjobs.specs.eval import EvalSpec
 from vlmjobs.specs.infer import InferSpec
-from vlmjobs.vision.manifest import CONVENTIONS
 
 
 def run(spec: EvalSpec, ctx: JobContext) -> dict[str, Any]:
@@ -55,7 +54,6 @@ def read_truth(spec: EvalSpec) -> tuple[Truth, Any]:
 
 def _clean_split(directory: Path, split: str) -> tuple[Truth, Any]:
     from vlmjobs.jobs.train_data import read_manifest, read_samples
-    from vlmjobs.vision.frames import input_size
     from vlmjobs.vision.parse import parse_regions
     from vlmjobs.vision.tasks import parser_for
 
@@ -67,12 +65,10 @@ def _clean_split(directory: Path, split: str) -> tuple[Truth, Any]:
     if parser_for(manifest.task) != "regions":
         return Truth("text", texts={str(s.image): s.answer for s in samples}), manifest
     truth = Truth("regions")
-    convention: Literal["absolute", "1000"] = (
-        "absolute" if manifest.convention == CONVENTIONS[0] else "1000"
-    )
+    convention = manifest.frame_convention  # the family's: absolute (Qwen2.5-VL) or 0-1000
     for s in samples:
         size = s.image_size or _size_of(s.image)
-        frame = input_size(size, manifest.min_pixels, manifest.max_pixels)
+        frame = manifest.input_size(size)  # in the family's frame: multiples of 28 or 32
         parsed = parse_regions(s.answer, input_size=frame, image_size=size, convention=convention)
         truth.regions[str(s.image)] = parsed.regions
         truth.sizes[str(s.image)] = size

@@ -40,7 +40,6 @@ from vlmjobs.jobs.infer_plan import Plan, make_plan
 from vlmjobs.jobs.infer_score import region_scores
 from vlmjobs.specs.infer import InferSpec
 from vlmjobs.vision import tasks
-from vlmjobs.vision.frames import input_size
 from vlmjobs.vision.generate import Generation, Generator
 from vlmjobs.vision.inputs import build_inputs
 from vlmjobs.vision.model import load_model
@@ -61,10 +60,11 @@ class Ready:
     image: Image.Image
     size: tuple[int, int]
     frame: tuple[int, int]
+    factor: int = 28  # the family's visual token side (28, or 32 for Qwen3-VL)
 
     @property
     def tokens(self) -> int:
-        return (self.frame[0] // 28) * (self.frame[1] // 28)
+        return (self.frame[0] // self.factor) * (self.frame[1] // self.factor)
 
 
 @dataclass
@@ -153,7 +153,10 @@ def _engine(spec: InferSpec, plan: Plan, ctx: JobContext) -> tuple[Any, Generato
         held["generators"] = {
             key: Generator(model, processor, max_batch=spec.batch_size, engine=spec.engine)
         }
-    return processor, held["generators"][key]
+    generator = held["generators"][key]
+    if generator.engine_note and next(model.parameters()).device.type == "cuda":
+        ctx.event(f"engine: {generator.engine_note}", "warning")
+    return processor, generator
 
 
 def _consume(
@@ -302,8 +305,8 @@ def prepare(raw: RawItem, spec: InferSpec, plan: Plan) -> Ready | OutputRecord:
         if decoded.image is not None:
             size = decoded.image.size
             try:
-                frame = input_size(size, plan.min_pixels, plan.max_pixels)
-                return Ready(raw.key, raw.source, decoded.image, size, frame)
+                frame = plan.input_size(size)
+                return Ready(raw.key, raw.source, decoded.image, size, frame, plan.family.factor)
             except ValueError as e:  # e.g. an aspect ratio the processor rejects
                 error = str(e)
     return OutputRecord(item_key=raw.key, source=raw.source, status="failed", error=error)

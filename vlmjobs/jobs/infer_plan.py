@@ -2,7 +2,8 @@
 
 Precedence for every setting the adapter's manifest also carries (pixel limits,
 prompt, system, task, box convention): a field written in the spec YAML, then the
-manifest, then the defaults (ModelSpec / vision.tasks). The manifest is what the
+manifest, then the defaults (ModelSpec / vision.tasks; the box convention and the
+frame's factor: the base model's family, vision/family.py). The manifest is what the
 adapter was trained with; a model asked in another frame or wording answers worse.
 """
 
@@ -19,9 +20,7 @@ from vlmjobs.jobs.refs import is_job_ref, resolve_job_ref
 from vlmjobs.specs.common import ModelSpec
 from vlmjobs.specs.infer import DedupSpec, InferSpec
 from vlmjobs.vision import tasks
-
-# The manifest's names for box conventions -> vision.parse's.
-CONVENTIONS = {"qwen2.5-vl-absolute-resized": "absolute", "qwen2-vl-1000": "1000"}
+from vlmjobs.vision.family import DEFAULT, Family
 
 
 @dataclass
@@ -44,6 +43,7 @@ class Plan:
     dedup_spec: DedupSpec
     json_schema: dict[str, Any] | None = None
     device: str = "cpu"  # where the phrase-embedding model runs, when dedup uses one
+    family: Family = DEFAULT  # the base model's: frame factor, engine support
     _vectors: Any = field(default=None, repr=False)
 
     @property
@@ -54,9 +54,14 @@ class Plan:
     def max_pixels(self) -> int:
         return self.model.max_pixels
 
+    def input_size(self, size: tuple[int, int]) -> tuple[int, int]:
+        """(w, h) of the frame the model sees for an original (w, h) image."""
+        return self.family.input_size(size, self.min_pixels, self.max_pixels)
+
     def describe(self) -> str:
         return (
-            f"task={self.task} parser={self.parser} convention={self.convention} "
+            f"family={self.family.name} task={self.task} parser={self.parser} "
+            f"convention={self.convention} "
             f"pixels=[{self.min_pixels}, {self.max_pixels}] adapter={self.model.adapter}"
         )
 
@@ -196,8 +201,16 @@ def _pick(explicit: Any, from_manifest: Any, default: Any) -> Any:
 
 def make_plan(spec: InferSpec, device: str = "cpu") -> Plan:
     """Resolve the adapter, read its manifest, and settle every setting once."""
+    from vlmjobs.vision.model import model_family
+
     adapter = resolve_adapter(spec.model.adapter)
     manifest = read_manifest(adapter)
+    family = model_family(spec.model.path)
+    if manifest is not None and manifest.family != family.name:
+        raise ModelLoadError(
+            f"adapter {adapter!r} was trained on a {manifest.family!r} model but model.path is "
+            f"a {family.title} checkpoint ({family.name!r}): use the base model it was trained on"
+        )
     m = spec.model
     written = m.model_fields_set
     pixels = {
@@ -228,10 +241,11 @@ def make_plan(spec: InferSpec, device: str = "cpu") -> Plan:
         prompt=prompt,
         system=_pick(spec.system, _m(manifest, "system"), None),
         parser=spec.parser or tasks.parser_for(task),
-        convention=CONVENTIONS.get(_m(manifest, "convention") or "", "absolute"),
+        convention=manifest.frame_convention if manifest is not None else family.convention,
         dedup_spec=spec.dedup,
         json_schema=spec.json_schema,
         device=device,
+        family=family,
     )
 
 

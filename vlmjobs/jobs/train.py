@@ -51,7 +51,7 @@ from vlmjobs.jobs.train_report import Trackers, eval_line, step_line
 from vlmjobs.jobs.train_vision_cache import attach_vision_cache
 from vlmjobs.specs.train import TrainSpec
 from vlmjobs.vision.manifest import Manifest
-from vlmjobs.vision.model import load_model
+from vlmjobs.vision.model import load_model, model_family
 
 
 def run(spec: TrainSpec, ctx: JobContext) -> dict[str, Any]:
@@ -214,7 +214,8 @@ def plan_memory(spec: TrainSpec, train: list[Sample]) -> tuple[int, MemoryEstima
     arithmetic.
     """
     lo, hi = spec.model.min_pixels, spec.model.max_pixels
-    max_image = max(image_tokens(s, lo, hi) for s in train)
+    factor = model_family(spec.model.path).factor
+    max_image = max(image_tokens(s, lo, hi, factor=factor) for s in train)
     max_text = longest_text_tokens(spec, train)
     splits = 1
     while True:

@@ -30,9 +30,11 @@ from vlmjobs.errors import DataError
 from vlmjobs.jobs.refs import is_job_ref, resolve_job_ref
 from vlmjobs.specs.common import outside_roots
 from vlmjobs.specs.train import TrainSpec
+from vlmjobs.vision.family import Family
 from vlmjobs.vision.frames import FACTOR, input_size
 from vlmjobs.vision.inputs import build_inputs
-from vlmjobs.vision.manifest import Manifest
+from vlmjobs.vision.manifest import Manifest, convention_for
+from vlmjobs.vision.model import model_family
 
 # Batches sorted by length are formed inside windows of this many micro-batches, so
 # that grouping cuts padding while the order stays random across the epoch.
@@ -135,14 +137,15 @@ def split_off(
     return train, [s for i, s in enumerate(samples) if i in val_ids]
 
 
-def image_tokens(sample: Sample, min_pixels: int, max_pixels: int) -> int:
-    """Tokens the image becomes: one per 28x28 patch of the resized frame (header read only)."""
+def image_tokens(sample: Sample, min_pixels: int, max_pixels: int, *, factor: int = FACTOR) -> int:
+    """Tokens the image becomes: one per factor x factor patch of the resized frame (28 for
+    Qwen2/2.5-VL, 32 for Qwen3-VL; vision/family.py). Reads the image header only."""
     size = sample.image_size
     if size is None:
         with Image.open(sample.image) as image:
             size = image.size
-    w, h = input_size(size, min_pixels, max_pixels)
-    return (w // FACTOR) * (h // FACTOR)
+    w, h = input_size(size, min_pixels, max_pixels, factor=factor)
+    return (w // factor) * (h // factor)
 
 
 def epoch_batches(
@@ -199,7 +202,7 @@ def load_data(spec: TrainSpec) -> TrainData:
     directory = data_dir(spec)
     if directory is not None:
         manifest = read_manifest(directory / "manifest.json")
-        check_frame(manifest, spec)
+        check_frame(manifest, spec, model_family(spec.model.path))
         train = read_samples(directory / "train.jsonl", system=manifest.system)
         val_path = Path(spec.data.val_path) if spec.data.val_path else directory / "val.jsonl"
         val = read_samples(val_path, system=manifest.system) if val_path.is_file() else []
@@ -222,8 +225,16 @@ def read_manifest(path: Path) -> Manifest:
     return Manifest.read(path)
 
 
-def check_frame(manifest: Manifest, spec: TrainSpec) -> None:
-    """The targets' boxes are pixels of the frame clean resized to: training must see the same."""
+def check_frame(manifest: Manifest, spec: TrainSpec, family: Family | None = None) -> None:
+    """The targets' boxes are pixels of the frame clean resized to: training must see the same,
+    with the same model family (its frame factor and box convention). ``family``: the base
+    model's, when known (None skips that check)."""
+    if family is not None and family.name != manifest.family:
+        raise DataError(
+            f"data was cleaned for model family {manifest.family!r} but model.path is a "
+            f"{family.title} checkpoint ({family.name!r}): its targets' boxes would be in the "
+            f"wrong frame and convention; clean the data again with family: {family.name}"
+        )
     ours = (spec.model.min_pixels, spec.model.max_pixels)
     theirs = (manifest.min_pixels, manifest.max_pixels)
     if ours != theirs:
@@ -241,10 +252,13 @@ def manifest_for_jsonl(spec: TrainSpec, train: list[Sample]) -> Manifest:
     (infer must then be given each prompt explicitly).
     """
     prompts = {s.prompt for s in train}
+    family = model_family(spec.model.path)
     return Manifest(
         base_model=spec.model.path,
         min_pixels=spec.model.min_pixels,
         max_pixels=spec.model.max_pixels,
+        family=family.name,
+        convention=convention_for(family),
         task=spec.data.task or "custom",
         prompt=train[0].prompt,
         system=spec.data.system,
@@ -258,7 +272,12 @@ def sample_lengths(samples: list[Sample], processor: Any, spec: TrainSpec) -> li
     texts = [s.prompt + s.answer for s in samples]
     text_tokens = [len(ids) for ids in processor.tokenizer(texts)["input_ids"]]
     lo, hi = spec.model.min_pixels, spec.model.max_pixels
-    return [t + image_tokens(s, lo, hi) for s, t in zip(samples, text_tokens, strict=True)]
+    image = processor.image_processor
+    factor = image.patch_size * image.merge_size
+    return [
+        t + image_tokens(s, lo, hi, factor=factor)
+        for s, t in zip(samples, text_tokens, strict=True)
+    ]
 
 
 def collate(processor: Any, samples: list[Sample], device: str) -> dict[str, torch.Tensor]:

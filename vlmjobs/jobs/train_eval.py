@@ -9,7 +9,7 @@ field accuracy, and for every task the parse rate (answers read as ok or repaire
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
@@ -26,10 +26,9 @@ from vlmjobs.eval.answers import (
 from vlmjobs.jobs.train_data import Sample, collate
 from vlmjobs.jobs.train_model import IGNORE, causal_lm
 from vlmjobs.specs.train import TrainSpec
-from vlmjobs.vision.frames import input_size
 from vlmjobs.vision.generate import Generator
 from vlmjobs.vision.inputs import build_inputs
-from vlmjobs.vision.manifest import CONVENTIONS, Manifest
+from vlmjobs.vision.manifest import Manifest
 from vlmjobs.vision.parse import parse_json as json_status
 from vlmjobs.vision.parse import parse_regions
 from vlmjobs.vision.tasks import parser_for
@@ -111,15 +110,13 @@ def region_metrics(val: list[Sample], answers: list[str], manifest: Manifest) ->
     """Micro-averaged P/R/F1 over the samples; boxes compared in original pixels."""
     counts = RegionCounts()
     parsed = 0
-    convention: Literal["absolute", "1000"] = (
-        "absolute" if manifest.convention == CONVENTIONS[0] else "1000"
-    )
+    convention = manifest.frame_convention
     for sample, answer in zip(val, answers, strict=True):
         size = sample.image_size
         if size is None:
             with Image.open(sample.image) as image:
                 size = image.size
-        frame = input_size(size, manifest.min_pixels, manifest.max_pixels)
+        frame = manifest.input_size(size)
         pred = parse_regions(answer, input_size=frame, image_size=size, convention=convention)
         gold = parse_regions(
             sample.answer, input_size=frame, image_size=size, convention=convention

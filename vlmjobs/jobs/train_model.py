@@ -29,6 +29,7 @@ from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
 from vlmjobs.specs.train import LANGUAGE_MODULES, VISION_MODULES, TrainSpec
+from vlmjobs.vision.family import family_of_model
 
 IGNORE = -100  # label value of positions without loss (prompt, image, padding)
 
@@ -96,7 +97,9 @@ def prepare_model(model: Any, spec: TrainSpec) -> Any:
         # Frozen tower, frozen inputs: nothing there needs autograd; say so explicitly so no
         # input-grad hook can make it keep 32 layers of activations.
         inner.visual.forward = torch.no_grad()(inner.visual.forward)
-    if getattr(inner.visual.config, "_attn_implementation", "sdpa") == "sdpa":
+    # Only Qwen2.5-VL's tower attends in windows; Qwen2-VL's and Qwen3-VL's attend per image.
+    windowed = family_of_model(causal_lm(peft_model)).name == "qwen2_5_vl"
+    if windowed and getattr(inner.visual.config, "_attn_implementation", "sdpa") == "sdpa":
         group_vision_windows(inner.visual)
     return peft_model
 
@@ -300,40 +303,52 @@ class MemoryEstimate:
 
 
 def architecture(config: Any) -> dict[str, int]:
-    """Sizes of a Qwen2_5_VLConfig that the estimate needs (n_params for estimate_peak_memory)."""
+    """Sizes of a Qwen-VL config (any family) that the estimate needs.
+
+    Qwen3-VL's attention width is heads x head_dim (not the hidden size), its tower has
+    DeepStack mergers beside the final one; Qwen2-VL names its tower width ``embed_dim``.
+    """
     text = getattr(config, "text_config", config)
     vis = config.vision_config
     hidden, inter, layers = text.hidden_size, text.intermediate_size, text.num_hidden_layers
-    kv = hidden // text.num_attention_heads * text.num_key_value_heads
-    vh, vi = vis.hidden_size, vis.intermediate_size
+    head_dim = getattr(text, "head_dim", None) or hidden // text.num_attention_heads
+    q_dim, kv = text.num_attention_heads * head_dim, text.num_key_value_heads * head_dim
+    vh = getattr(vis, "embed_dim", None) or vis.hidden_size
+    vi = getattr(vis, "intermediate_size", None) or vh * vis.mlp_ratio
+    out = getattr(vis, "out_hidden_size", None) or vis.hidden_size
+    mlp_mats = 3 if config.model_type == "qwen2_5_vl" else 2  # gated MLP in Qwen2.5-VL only
+    mergers = 1 + len(getattr(vis, "deepstack_visual_indexes", None) or [])
     merged = vh * vis.spatial_merge_size**2
     tied = getattr(config, "tie_word_embeddings", False) or getattr(
         text, "tie_word_embeddings", False
     )
+    patch_values = 3 * vis.temporal_patch_size * vis.patch_size**2
     return {
         "hidden": hidden,
         "intermediate": inter,
         "layers": layers,
+        "q_dim": q_dim,
         "kv_dim": kv,
         "vocab": text.vocab_size,
-        "lm_linear": layers * (2 * hidden * hidden + 2 * hidden * kv + 3 * hidden * inter),
+        "lm_linear": layers * (2 * hidden * q_dim + 2 * hidden * kv + 3 * hidden * inter),
         "embed": text.vocab_size * hidden,
         "lm_head": 0 if tied else text.vocab_size * hidden,
-        # Linear weights of the blocks and the merger, and the patch embedding.
-        "vision": vis.depth * (4 * vh * vh + 3 * vh * vi)
-        + merged * merged
-        + merged * vis.out_hidden_size
-        + vh * 3 * vis.temporal_patch_size * vis.patch_size**2,
+        # Linear weights of the blocks and the merger(s), and the patch embedding.
+        "vision": vis.depth * (4 * vh * vh + mlp_mats * vh * vi)
+        + mergers * (merged * merged + merged * out)
+        + vh * patch_values,
         "vision_hidden": vh,
         "vision_intermediate": vi,
+        "patch_values": patch_values,
     }
 
 
 def lora_params(arch: dict[str, int], targets: list[str], r: int) -> int:
     """Trainable LoRA params on the language model: r * (d_in + d_out) per target per layer."""
     h, kv, i = arch["hidden"], arch["kv_dim"], arch["intermediate"]
+    q = arch.get("q_dim", h)
     shapes = {
-        "q_proj": (h, h), "k_proj": (h, kv), "v_proj": (h, kv), "o_proj": (h, h),
+        "q_proj": (h, q), "k_proj": (h, kv), "v_proj": (h, kv), "o_proj": (q, h),
         "gate_proj": (h, i), "up_proj": (h, i), "down_proj": (i, h),
     }  # fmt: skip
     names = shapes if "all-linear" in targets else [t for t in targets if t in shapes]
@@ -349,7 +364,7 @@ def estimate_peak_memory(
 ) -> MemoryEstimate:
     """Peak GPU memory of a step on the largest sample, repeated micro_batch_size times.
 
-    ``max_image_tokens``: merged image tokens of the largest image (pixels / 28^2);
+    ``max_image_tokens``: merged image tokens of the largest image (pixels / factor^2: 28 or 32);
     ``max_text_tokens``: prompt + answer + template tokens. ``n_params``: from
     :func:`architecture`; read from ``spec.model.path``'s config.json when None.
     Vision LoRA is not modelled (its activations are counted as for a frozen tower).
@@ -407,10 +422,11 @@ def _resident_terms(spec: TrainSpec, arch: dict[str, int], patches: int, term: A
     weights += term(
         "LoRA + grads + AdamW (fp32)", f"{n_lora:,} x {LORA_STATE_BYTES} B", n_lora * 16
     )
+    values = arch.get("patch_values", PATCH_VALUES)
     weights += term(
         "pixel values (bf16)",
-        f"{patches:,} patches x {PATCH_VALUES} x 2 B",
-        patches * PATCH_VALUES * 2,
+        f"{patches:,} patches x {values} x 2 B",
+        patches * values * 2,
     )
     return weights
 

@@ -25,6 +25,7 @@ from pydantic import Field, field_validator, model_validator
 from vlmjobs.specs.common import PATCH, JobSpec, Strict, existing_path
 
 Format = Literal["auto", "vg", "coco", "jsonl", "regions"]
+Family = Literal["qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe"]
 Task = Literal["dense_caption", "detect", "caption", "extract_json", "custom"]
 
 
@@ -65,6 +66,11 @@ class CleanSpec(JobSpec):
     system: str = "You are a helpful assistant."
     # The model's frame: boxes in the targets are pixels of the image resized within these
     # limits. MUST equal the train job's model.min_pixels/max_pixels (the manifest carries them).
+    # The model family the targets are written for (its config.json's model_type): fixes
+    # the frame's multiple (28 for Qwen2/2.5-VL, 32 for Qwen3-VL) and how boxes are written
+    # (Qwen2.5-VL: pixels of the resized image; Qwen2-VL, Qwen3-VL: 0-1000). MUST be the
+    # train job's model family (train checks it).
+    family: Family = "qwen2_5_vl"
     min_pixels: int = Field(256 * PATCH * PATCH, ge=PATCH * PATCH)
     max_pixels: int = Field(1280 * PATCH * PATCH, ge=PATCH * PATCH)
     # Boxes with IoU >= this may describe the same thing; lower: bigger groups, more removed.

@@ -12,7 +12,7 @@ import re
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from vlmjobs import settings
 
@@ -40,6 +40,17 @@ class ModelSpec(Strict):
     min_pixels: int = Field(256 * PATCH * PATCH, ge=PATCH * PATCH)
     max_pixels: int = Field(1280 * PATCH * PATCH, ge=PATCH * PATCH)
     adapter: str | None = Field(None, description="LoRA adapter dir, or a train job id as 'job:42'")
+    # nf4 only: quantize the checkpoint once into VLMJOBS_ARTIFACTS/quantized/ and load that
+    # copy from then on (no bf16 weights on the card while loading; the first load still has).
+    prequantize: bool = False
+
+    @model_validator(mode="after")
+    def _prequantize_nf4(self) -> ModelSpec:
+        if self.prequantize and self.quantization != "nf4":
+            raise ValueError(
+                f"prequantize needs quantization: nf4 (got {self.quantization!r}): set both"
+            )
+        return self
 
     @field_validator("path")
     @classmethod

@@ -22,8 +22,11 @@ from vlmjobs.specs.common import (
 
 # Leaf module names of Qwen2.5-VL's linear layers (transformers 5), by where they live.
 LANGUAGE_MODULES = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
-# The vision tower's attention is fused (qkv, proj); its MLP reuses gate/up/down_proj.
-VISION_MODULES = {"qkv", "proj", "gate_proj", "up_proj", "down_proj"}
+# The vision tower's attention is fused (qkv, proj) in every family; its MLP is
+# gate/up/down_proj in Qwen2.5-VL, fc1/fc2 in Qwen2-VL, linear_fc1/linear_fc2 in Qwen3-VL.
+VISION_MODULES = {
+    "qkv", "proj", "gate_proj", "up_proj", "down_proj", "fc1", "fc2", "linear_fc1", "linear_fc2",
+}  # fmt: skip
 KNOWN_MODULES = LANGUAGE_MODULES | VISION_MODULES | {"all-linear"}
 
 # Task metrics the evaluation can compute, and which direction is better.

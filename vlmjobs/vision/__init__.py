@@ -11,4 +11,7 @@
 | inputs.py     | build_inputs: chat template, image tokens, assistant-only labels       |
 | build.py      | make_model, model_config: random-weight checkpoints built offline      |
 | shapes.py     | make_shapes: synthetic dense-captioning data with exact boxes          |
+| family.py     | Family, family_of: what a checkpoint's model_type decides (28/32 px, boxes) |
+| build_family.py | random Qwen2-VL / Qwen3-VL checkpoints (tiny, 2b/4b/8b)              |
+| quantize.py   | quantize_checkpoint: a pre-quantized nf4 checkpoint (dev quantize)     |
 """

@@ -293,6 +293,10 @@ def make_model(
     is then pre-trained on demo-style shapes (vision/pretrain.py, ~2-3 min on 2 CPU
     cores, progress to ``log``), so that fine-tuning it briefly yields real boxes.
     """
+    if arch in family_archs():  # Qwen2-VL / Qwen3-VL: vision/build_family.py
+        from vlmjobs.vision.build_family import make_family_model
+
+        return make_family_model(out, arch, seed, device=device)
     _check_arch(arch)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -319,6 +323,13 @@ def make_model(
     pretrain_on_shapes(model, processor, plan, log)
     model.save_pretrained(out)
     return out
+
+
+def family_archs() -> tuple[str, ...]:
+    """The other families' archs (tiny-qwen2vl, tiny-qwen3vl, qwen3vl-4b, ...)."""
+    from vlmjobs.vision.build_family import FAMILY_ARCHS
+
+    return tuple(FAMILY_ARCHS)
 
 
 def _save_preprocessor(

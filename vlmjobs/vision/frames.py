@@ -6,7 +6,11 @@ Four frames, all boxes ``(N, 4)`` float64 ``xyxy``:
 - input: pixels of the image after the processor's ``smart_resize`` (what
   Qwen2.5-VL reads and writes in its text);
 - unit: 0-1 of the image width/height;
-- 1000: 0-1000 of the image width/height (Qwen-VL / Qwen2-VL convention).
+- 1000: 0-1000 of the image width/height (Qwen-VL / Qwen2-VL / Qwen3-VL convention).
+
+What a model writes in its text is one of two conventions (``vision/family.py`` says
+which per model family): ``absolute`` (input-frame pixels, Qwen2.5-VL) or ``1000``;
+:func:`to_model_frame` / :func:`from_model_frame` convert between original pixels and it.
 
 Sizes are always ``(width, height)`` tuples, except in :func:`smart_resize`,
 which keeps transformers' ``(height, width)`` argument order.
@@ -15,6 +19,7 @@ which keeps transformers' ``(height, width)`` argument order.
 from __future__ import annotations
 
 import math
+from typing import Literal
 
 import numpy as np
 
@@ -24,6 +29,9 @@ FACTOR = 28
 MAX_ASPECT = 200
 
 Size = tuple[int, int]
+# How a model writes boxes in its text: input-frame pixels, or 0-1000 of the image.
+Convention = Literal["absolute", "1000"]
+CONVENTIONS: tuple[Convention, ...] = ("absolute", "1000")
 
 
 def smart_resize(
@@ -40,7 +48,7 @@ def smart_resize(
     if max(height, width) / min(height, width) > MAX_ASPECT:
         raise ValueError(
             f"image size {width}x{height} (WxH) has aspect ratio above {MAX_ASPECT}, "
-            "which Qwen2.5-VL's processor rejects: crop or pad the image"
+            "which Qwen-VL processors reject: crop or pad the image"
         )
     h_bar = round(height / factor) * factor
     w_bar = round(width / factor) * factor
@@ -55,10 +63,15 @@ def smart_resize(
     return h_bar, w_bar
 
 
-def input_size(image_size: Size, min_pixels: int, max_pixels: int) -> Size:
-    """``(w, h)`` of the frame the model sees for an original ``(w, h)`` image."""
+def input_size(image_size: Size, min_pixels: int, max_pixels: int, *, factor: int = FACTOR) -> Size:
+    """``(w, h)`` of the frame the model sees for an original ``(w, h)`` image.
+
+    ``factor``: the family's patch x merge (28 for Qwen2/2.5-VL, 32 for Qwen3-VL).
+    """
     w, h = image_size
-    rh, rw = smart_resize(int(h), int(w), min_pixels=min_pixels, max_pixels=max_pixels)
+    rh, rw = smart_resize(
+        int(h), int(w), min_pixels=min_pixels, max_pixels=max_pixels, factor=factor
+    )
     return rw, rh
 
 
@@ -121,6 +134,36 @@ def from_1000(boxes: np.ndarray, size: Size) -> np.ndarray:
     """0-1000 (Qwen2-VL convention) -> pixels of an image of ``size`` (w, h)."""
     _check_size(size, "size")
     return _scale(boxes, size, (1000, 1000))
+
+
+def _check_convention(convention: str) -> None:
+    if convention not in CONVENTIONS:
+        raise ValueError(f"convention {convention!r} must be one of {', '.join(CONVENTIONS)}")
+
+
+def to_model_frame(
+    boxes: np.ndarray, image_size: Size, input_size: Size, convention: Convention
+) -> np.ndarray:
+    """Original pixels -> what the model writes: input-frame pixels or 0-1000 of the image.
+
+    ``input_size`` is used only by ``absolute``; it is asked for always so that a caller
+    cannot forget it when switching families.
+    """
+    _check_convention(convention)
+    if convention == "absolute":
+        return to_input_frame(boxes, image_size, input_size)
+    return to_1000(boxes, image_size)
+
+
+def from_model_frame(
+    boxes: np.ndarray, input_size: Size, image_size: Size, convention: Convention
+) -> np.ndarray:
+    """What the model wrote (input-frame pixels or 0-1000) -> original pixels."""
+    _check_convention(convention)
+    if convention == "absolute":
+        return from_input_frame(boxes, input_size, image_size)
+    _check_size(input_size, "input_size")
+    return from_1000(boxes, image_size)
 
 
 def clip_boxes(boxes: np.ndarray, size: Size) -> np.ndarray:

@@ -20,12 +20,17 @@ They measure the model's own confidence in each token, whatever the decoding set
 from __future__ import annotations
 
 import gc
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
 from transformers import BatchFeature
+
+from vlmjobs.vision.family import FAMILIES
+
+log = logging.getLogger(__name__)
 
 Engine = Literal["auto", "hf", "static"]
 
@@ -59,6 +64,10 @@ class Generator:
         pad = self.tokenizer.pad_token_id
         self.pad_id = int(pad if pad is not None else self.eos_ids[-1])
         self.engine = resolve_engine(engine, model)
+        # Why the static engine was not used though asked for (or chosen by auto): logged.
+        self.engine_note = static_unsupported(base) if engine != "hf" else None
+        if self.engine_note:
+            log.warning("engine %s: %s", engine, self.engine_note)
         self._static: Any = None  # StaticDecoder, built on first use (allocates the KV cache)
 
     @torch.inference_mode()
@@ -175,10 +184,26 @@ def cut_at_eos(
 
 
 def resolve_engine(engine: Engine, model: Any) -> Literal["hf", "static"]:
-    """``auto``: the fast path on CUDA, transformers elsewhere (CPU is for tests)."""
+    """``auto``: the fast path on CUDA, transformers elsewhere (CPU is for tests).
+
+    A model family the static engine cannot run gets transformers' generate whatever was
+    asked (``static_unsupported`` says why): slower, never a crash.
+    """
+    if engine == "hf" or static_unsupported(model):
+        return "hf"
     if engine != "auto":
         return engine
     return "static" if next(model.parameters()).device.type == "cuda" else "hf"
+
+
+def static_unsupported(model: Any) -> str | None:
+    """Why the static engine cannot run ``model``'s family, or None when it can."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    model_type = getattr(base.config, "model_type", None)
+    family = FAMILIES.get(model_type or "")
+    if family is None:
+        return f"model_type {model_type!r} is not a known Qwen-VL family; using generate"
+    return None if family.static_engine else family.engine_note
 
 
 def stop_token_ids(model: Any, tokenizer: Any) -> list[int]:

@@ -16,22 +16,37 @@ from pathlib import Path
 from typing import Any
 
 from vlmjobs.errors import DataError
-from vlmjobs.vision import frames
+from vlmjobs.vision.family import FAMILIES, Family
+from vlmjobs.vision.frames import Convention
 from vlmjobs.vision.tasks import TASKS
 
 FILENAME = "manifest.json"
 VERSION = 1
-# Qwen2.5-VL: absolute pixels of the smart_resize'd image. Qwen2-VL: 0-1000 of the image.
+# Qwen2.5-VL: absolute pixels of the smart_resize'd image. Qwen2-VL and Qwen3-VL: 0-1000 of
+# the image. The names are what manifests on disk say; vision/frames.py's names follow.
 CONVENTIONS = ("qwen2.5-vl-absolute-resized", "qwen2-vl-1000")
+FRAME_CONVENTION: dict[str, Convention] = {CONVENTIONS[0]: "absolute", CONVENTIONS[1]: "1000"}
+MANIFEST_CONVENTION = {v: k for k, v in FRAME_CONVENTION.items()}
+
+
+def convention_for(family: Family) -> str:
+    """The manifest's name of the box convention ``family`` writes."""
+    return MANIFEST_CONVENTION[family.convention]
 
 
 @dataclass(kw_only=True)
 class Manifest:
-    """What a set of targets means: base model, pixel budget, coordinate convention, prompts."""
+    """What a set of targets means: base model, family, pixel budget, box convention, prompts.
+
+    ``family`` (a model_type, vision/family.py) fixes the frame factor (28 or 32);
+    ``convention`` how the targets' boxes are written. Manifests written before families
+    existed carry neither and read as Qwen2.5-VL.
+    """
 
     base_model: str | None
     min_pixels: int
     max_pixels: int
+    family: str = "qwen2_5_vl"
     convention: str = CONVENTIONS[0]
     task: str
     prompt: str
@@ -47,6 +62,8 @@ class Manifest:
             problems.append(
                 f"need 0 < min_pixels {self.min_pixels} <= max_pixels {self.max_pixels}"
             )
+        if self.family not in FAMILIES:
+            problems.append(f"family {self.family!r} is not one of {', '.join(FAMILIES)}")
         if self.convention not in CONVENTIONS:
             problems.append(
                 f"convention {self.convention!r} is not one of {', '.join(CONVENTIONS)}"
@@ -60,7 +77,12 @@ class Manifest:
 
     def input_size(self, image_size: tuple[int, int]) -> tuple[int, int]:
         """(w, h) of the frame the model sees for an original (w, h) image under this budget."""
-        return frames.input_size(image_size, self.min_pixels, self.max_pixels)
+        return FAMILIES[self.family].input_size(image_size, self.min_pixels, self.max_pixels)
+
+    @property
+    def frame_convention(self) -> Convention:
+        """The convention as vision/frames.py and vision/parse.py name it."""
+        return FRAME_CONVENTION[self.convention]
 
     def to_dict(self) -> dict[str, Any]:
         return {"version": VERSION, **dataclasses.asdict(self)}

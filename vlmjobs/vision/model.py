@@ -1,4 +1,7 @@
-"""Load a Qwen2.5-VL (or Qwen2-VL) checkpoint and its processor, as a ModelSpec says.
+"""Load a Qwen-VL checkpoint (Qwen2-VL, Qwen2.5-VL, Qwen3-VL) and its processor.
+
+The checkpoint's config.json model_type picks the family (vision/family.py), and with it
+the model class, the processor and the pixel frame.
 
     model, processor = load_model(spec, device="cuda")
 
@@ -21,6 +24,7 @@ from transformers import AutoTokenizer, BitsAndBytesConfig, ProcessorMixin, Qwen
 
 from vlmjobs.errors import ModelLoadError
 from vlmjobs.specs.common import ModelSpec
+from vlmjobs.vision.family import Family, family_of
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +71,7 @@ def resolve_path(path: str) -> Path:
             reason = err
     raise ModelLoadError(
         f"model {path!r} is not a local directory and could not be loaded from the hub cache "
-        f"({type(reason).__name__}); point model.path at a local Qwen2.5-VL checkpoint"
+        f"({type(reason).__name__}); point model.path at a local Qwen-VL checkpoint directory"
     )
 
 
@@ -81,24 +85,42 @@ def _hub_errors() -> tuple[type[BaseException], ...]:
     return (OSError, ValueError, httpx.HTTPError)
 
 
-def _model_class(path: Path) -> Any:
-    """The generation class for the checkpoint's model_type (Qwen2.5-VL or Qwen2-VL)."""
-    from transformers import Qwen2_5_VLForConditionalGeneration, Qwen2VLForConditionalGeneration
+def model_family(path: str) -> Family:
+    """The family of the checkpoint ``path`` (a local dir, or a hub id resolved as loading does)."""
+    return family_of(resolve_path(path))
 
-    try:
-        model_type = json.loads((path / "config.json").read_text()).get("model_type")
-    except (OSError, json.JSONDecodeError) as err:
-        raise ModelLoadError(f"cannot read {path / 'config.json'}: {err}") from err
-    classes = {
-        "qwen2_5_vl": Qwen2_5_VLForConditionalGeneration,
-        "qwen2_vl": Qwen2VLForConditionalGeneration,
-    }
-    if model_type not in classes:
+
+def _saved_quantization(path: Path) -> str | None:
+    """How a pre-quantized checkpoint was quantized ("bitsandbytes nf4"), or None."""
+    from vlmjobs.vision.quantize import checkpoint_quantization
+
+    saved = checkpoint_quantization(path)
+    if saved is None:
+        return None
+    return f"{saved.get('quant_method')} {saved.get('bnb_4bit_quant_type', '')}".strip()
+
+
+def _check_awq(path: Path, device: str, for_training: bool) -> None:
+    """AWQ checkpoints (e.g. Qwen2.5-VL-3B-Instruct-AWQ) load for inference on CUDA through
+    transformers' AWQ support, which needs the gptqmodel package's kernels."""
+    from transformers.utils import is_gptqmodel_available
+
+    if for_training:
         raise ModelLoadError(
-            f"model {str(path)!r} has model_type {model_type!r}; vlmjobs runs "
-            "qwen2_5_vl (Qwen2.5-VL) or qwen2_vl (Qwen2-VL) checkpoints"
+            f"{str(path)!r} is an AWQ checkpoint: train from the bf16 checkpoint "
+            "(quantization: nf4 is QLoRA), then infer with the AWQ one if you like"
         )
-    return classes[model_type]
+    if not device.startswith("cuda"):
+        raise ModelLoadError(
+            f"{str(path)!r} is an AWQ checkpoint and AWQ kernels run on CUDA (device "
+            f"{device!r}): run it on a GPU worker, or use the bf16 checkpoint with nf4"
+        )
+    if not is_gptqmodel_available():
+        raise ModelLoadError(
+            f"{str(path)!r} is an AWQ checkpoint; transformers loads AWQ with the gptqmodel "
+            "package's kernels: pip install gptqmodel on this GPU host, or use the bf16 "
+            "checkpoint with quantization: nf4"
+        )
 
 
 def quantization_config(spec: ModelSpec) -> BitsAndBytesConfig | None:
@@ -154,15 +176,26 @@ def load_model(
         "attn_implementation": spec.attn_implementation,
     }
     quant = quantization_config(spec)
+    saved = _saved_quantization(path)
+    if spec.prequantize and saved is None:  # quantize once into the artifact root, then reuse
+        from vlmjobs.vision.quantize import cached_nf4
+
+        path = cached_nf4(path, dtype=spec.dtype, device=device)
+        saved = _saved_quantization(path)
+    if saved is not None and saved.startswith("awq"):
+        _check_awq(path, device, for_training)
+    if saved is not None:  # pre-quantized (dev quantize, AWQ): read the saved weights as is
+        log.info("%s is pre-quantized (%s): loading it as saved", path, saved)
+        quant = None
     if quant is not None:
         kwargs["quantization_config"] = quant
     if device != "cpu":
         kwargs["device_map"] = {"": device}
     try:
-        model = _model_class(path).from_pretrained(path, **kwargs)
+        model = family_of(path).load_class().from_pretrained(path, **kwargs)
     except (OSError, ValueError, RuntimeError, ImportError) as err:
         raise ModelLoadError(f"cannot load model {str(path)!r}: {err}") from err
-    if quant is not None and device == "cpu":
+    if (quant is not None or saved is not None) and device == "cpu":
         _fix_cpu_4bit(model)
     if spec.adapter:
         model = _load_adapter(model, spec.adapter, trainable=for_training)
@@ -184,9 +217,9 @@ def _load_adapter(model: Any, adapter: str, *, trainable: bool) -> Any:
 
 
 def load_processor(path: str | Path, *, min_pixels: int, max_pixels: int) -> Qwen2_5_VLProcessor:
-    """A Qwen2.5-VL processor for the checkpoint at ``path`` with this pixel budget.
+    """The family's processor for the checkpoint at ``path`` with this pixel budget.
 
-    Produces ``input_ids`` (with one <|image_pad|> per merged 28x28 patch),
+    Produces ``input_ids`` (with one <|image_pad|> per merged 28x28 or 32x32 patch),
     ``attention_mask``, ``pixel_values`` and ``image_grid_thw``; resize sizes are
     exactly ``frames.input_size``. A video processor is attached only with torchvision.
     """
@@ -198,7 +231,10 @@ def load_processor(path: str | Path, *, min_pixels: int, max_pixels: int) -> Qwe
     image = _image_processor(path, min_pixels, max_pixels)
     video = _video_processor(path) if has_torchvision() else None
     if video is not None:
-        return Qwen2_5_VLProcessor(
+        import transformers
+
+        processor_class = getattr(transformers, family_of(path).processor_class)
+        return processor_class(
             image_processor=image,
             tokenizer=tokenizer,
             video_processor=video,
@@ -221,6 +257,9 @@ def _video_processor(path: Path) -> Any | None:
 
 class ImageOnlyProcessor(Qwen2_5_VLProcessor):
     """Qwen2_5_VLProcessor without the video processor (which needs torchvision).
+
+    For images, Qwen2-VL's and Qwen3-VL's processors do the same as this one (one
+    <|image_pad|> per merged patch of ``image_grid_thw``); they differ only for video.
 
     ProcessorMixin takes its sub-processors from ``__init__``'s parameter names, so
     leaving ``video_processor`` out of the signature is what makes it optional.

@@ -23,6 +23,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from contextlib import nullcontext
 from typing import Any
 
 import torch
@@ -57,6 +58,12 @@ class StaticDecoder:
                 f"{type(base).__name__}: the static engine needs a Qwen2.5-VL; use 'hf'"
             )
         self.model, self.vl, self.lm = base, base.model, base.model.language_model
+        # Qwen3-VL normalises each query/key head before RoPE; its interleaved MRoPE needs
+        # nothing here (a generated token's three positions are equal: plain 1D RoPE), and
+        # DeepStack adds to image positions only, which the prefill (transformers) handles.
+        self.qk_norm = hasattr(self.lm.layers[0].self_attn, "q_norm")
+        # Only Qwen2.5-VL's tower attends in windows that batched_vision_attention batches.
+        self.windowed = base.config.model_type == "qwen2_5_vl"
         text = base.config.text_config
         self.heads, self.kv_heads = text.num_attention_heads, text.num_key_value_heads
         self.head_dim = getattr(text, "head_dim", None) or text.hidden_size // self.heads
@@ -201,7 +208,7 @@ class StaticDecoder:
                 attention_mask=part["attention_mask"],
             )
             cache = DynamicCache(config=self.model.config.text_config)
-            with batched_vision_attention(self.vl.visual):
+            with batched_vision_attention(self.vl.visual) if self.windowed else nullcontext():
                 hidden = self.vl(
                     input_ids=part["input_ids"],
                     attention_mask=part["attention_mask"],
@@ -253,6 +260,8 @@ class StaticDecoder:
             q = attn.q_proj(x).view(rows, self.heads, 1, self.head_dim)
             k = attn.k_proj(x).view(rows, self.kv_heads, 1, self.head_dim)
             v = attn.v_proj(x).view(rows, self.kv_heads, 1, self.head_dim)
+            if self.qk_norm:
+                q, k = attn.q_norm(q), attn.k_norm(k)
             q, k = fused["rope"](q, k, cos, sin)
             keys, values = self.keys[i][:rows, :, :slots], self.values[i][:rows, :, :slots]
             keys.index_copy_(2, state["slot"], k)

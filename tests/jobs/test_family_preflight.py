@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
-from pydantic import ValidationError
 
+from vlmjobs.errors import DataError, PreflightError
+from vlmjobs.jobs.train import preflight
 from vlmjobs.specs.train import TrainSpec
 from vlmjobs.vision.build import make_tokenizer
 from vlmjobs.vision.build_family import model_config
@@ -37,12 +38,15 @@ def photo_data(tmp_path: Path) -> Path:
 
 
 def spec(model: Path, data: Path, min_pixels: int, max_pixels: int) -> TrainSpec:
-    return TrainSpec.model_validate({
+    """The spec, through the preflight submit runs (a refusal raises PreflightError/DataError)."""
+    validated = TrainSpec.model_validate({
         "model": {"path": str(model), "quantization": "nf4",
                   "min_pixels": min_pixels, "max_pixels": max_pixels},
         "data": {"path": str(data), "val_fraction": 0},
         "micro_batch_size": 8,
     })  # fmt: skip
+    preflight(validated)
+    return validated
 
 
 def test_the_pinned_budget_fits_a_12_gb_card(qwen3_4b: Path, photo_data: Path) -> None:
@@ -53,7 +57,7 @@ def test_the_processors_own_budget_is_refused_with_its_arithmetic(
     qwen3_4b: Path, photo_data: Path
 ) -> None:
     processor_default = 16384 * QWEN3.factor**2  # Qwen3-VL's preprocessor_config longest_edge
-    with pytest.raises(ValidationError) as caught:
+    with pytest.raises(PreflightError) as caught:
         spec(qwen3_4b, photo_data, 65536, processor_default)
     message = str(caught.value)
     # 2000x1500 in 32 px tokens: 62 x 47 (in 28 px tokens it would be 71 x 54 = 3,834).
@@ -71,5 +75,5 @@ def test_data_cleaned_for_another_family_is_refused(qwen3_4b: Path, tmp_path: Pa
              max_pixels=QWEN3.default_max_pixels, task="dense_caption",
              prompt="Locate every object.").write(cleaned)  # fmt: skip
     (cleaned / "train.jsonl").write_text("")
-    with pytest.raises(ValidationError, match="cleaned for model family 'qwen2_5_vl'.*Qwen3-VL"):
+    with pytest.raises(DataError, match="cleaned for model family 'qwen2_5_vl'.*Qwen3-VL"):
         spec(qwen3_4b, cleaned, QWEN3.default_min_pixels, QWEN3.default_max_pixels)

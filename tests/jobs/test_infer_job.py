@@ -25,6 +25,7 @@ from sqlalchemy import func, select
 
 from vlmjobs.db.models import Metric, Output
 from vlmjobs.db.session import session
+from vlmjobs.render import MIN_SIDE
 from vlmjobs.vision.build import make_model
 
 pytestmark = pytest.mark.slow
@@ -254,7 +255,12 @@ def check_exports(job_id: int, vlmjobs_cli, tmp_path: Path, data: dict) -> None:
     drawn = sorted((tmp_path / "overlays").glob("*.png"))
     assert len(drawn) == 4
     sizes = {(r["image_w"], r["image_h"]) for r in rows if r["status"] == "ok"}
-    assert all(Image.open(p).size in sizes for p in drawn)
+    # Drawn enlarged to at least MIN_SIDE (aspect kept), with the score legend below.
+    scaled = {(round(w * max(1, MIN_SIDE / min(w, h))), round(h * max(1, MIN_SIDE / min(w, h))))
+              for w, h in sizes}  # fmt: skip
+    for p in drawn:
+        w, h = Image.open(p).size
+        assert any(w == sw and h >= sh for sw, sh in scaled), (w, h, scaled)
 
 
 def test_killed_worker_resumes_with_one_output_per_image(

@@ -21,6 +21,10 @@ import torch
 from torch import Tensor
 
 
+# Families whose tower returns only the merged embeddings (what the cache stores).
+CACHEABLE = ("qwen2_vl", "qwen2_5_vl")
+
+
 class VisionCache:
     """Wraps ``visual.forward``: cached images are not re-encoded; the rest go through the
     tower together, in one call, as before."""
@@ -103,7 +107,10 @@ def attach_vision_cache(model: Any, spec: Any) -> VisionCache | None:
 
     if spec.lora.vision or spec.vision_cache_gib <= 0:
         return None
-    visual = causal_lm(model).model.visual
+    lm = causal_lm(model)
+    if getattr(lm.config, "model_type", "") not in CACHEABLE:
+        return None  # Qwen3-VL's tower also returns DeepStack features this cache does not keep
+    visual = lm.model.visual
     if any(p.requires_grad for p in visual.parameters()):
         return None  # something trains the tower: its output changes every step
     return VisionCache(visual, int(spec.vision_cache_gib * 2**30))

@@ -78,3 +78,47 @@ def test_done_keys_are_skipped_and_limit_counts_them(processor, folder: Path) ->
     labeled = [Path(r.source).name for u in units for r in u.ready]
     assert sorted(labeled) == ["3.png", "4.png"]  # 3 done + 2 new = limit 5
     assert sum(u.skipped for u in units) == 3
+
+
+_WINDOW_RSS = """
+import queue, resource, sys, threading
+from pathlib import Path
+from vlmjobs.jobs.infer import _produce
+from vlmjobs.jobs.infer_plan import make_plan
+from vlmjobs.specs.infer import InferSpec
+from vlmjobs.vision.model import load_processor
+
+model, folder = sys.argv[1], sys.argv[2]
+proc = load_processor(model, min_pixels=784, max_pixels=50176)
+spec = InferSpec.model_validate({
+    "model": {"path": model, "min_pixels": 784, "max_pixels": 50176},
+    "inputs": [folder], "batch_size": 2, "read_ahead": 4, "max_image_pixels": 10**9,
+})
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+units = queue.Queue()  # unbounded: every prepared image stays alive to the end
+_produce(spec, make_plan(spec), proc, set(), units, threading.Event())
+ready = [r for u in units.queue if u.ready for r in u.ready]
+print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) // 1024)
+print(len(ready), all(r.image.size == r.frame for r in ready))
+"""
+
+
+@pytest.mark.slow
+def test_read_ahead_window_holds_model_frames_not_originals(processor, tmp_path: Path) -> None:
+    """Eight 6000 x 6000 PNGs (108 MB each decoded) in one read-ahead window: the window keeps
+    them at the model's frame, so the peak grows by about one original, not eight."""
+    import subprocess
+    import sys
+
+    path, _ = processor
+    folder = tmp_path / "big"
+    folder.mkdir()
+    for i in range(8):
+        Image.new("RGB", (6000, 6000), (i * 30, 90, 10)).save(folder / f"{i}.png")
+    out = subprocess.run(
+        [sys.executable, "-c", _WINDOW_RSS, str(path), str(folder)],
+        capture_output=True, text=True, timeout=300, check=True,
+    )  # fmt: skip
+    grown, count, at_frame = out.stdout.split()[-3:]
+    assert int(grown) < 400, f"peak RSS grew {grown} MB: originals kept in the window"
+    assert (count, at_frame) == ("8", "True")

@@ -20,7 +20,6 @@ from typing import Any
 import torch
 from torch import Tensor
 
-
 # Families whose tower returns only the merged embeddings (what the cache stores).
 CACHEABLE = ("qwen2_vl", "qwen2_5_vl")
 

@@ -20,7 +20,7 @@ from typing import Any, TextIO
 from urllib.parse import quote
 from xml.sax.saxutils import escape as xml_escape
 
-from vlmjobs.eval.coco import coco_inputs
+from vlmjobs.eval.coco import coco_annotation, coco_inputs
 from vlmjobs.eval.data import Truth, predictions_from_outputs
 from vlmjobs.eval.images import match_images
 
@@ -80,17 +80,8 @@ def to_coco(
 
 
 def _coco_annotation(ann_id: int, image_id: int, category_id: int, region: dict) -> dict[str, Any]:
-    x1, y1, x2, y2 = region["bbox"]
-    w, h = x2 - x1, y2 - y1
-    return {
-        "id": ann_id,
-        "image_id": image_id,
-        "category_id": category_id,
-        "bbox": [x1, y1, w, h],
-        "area": w * h,
-        "iscrowd": 0,
-        "score": 1.0 if region["score"] is None else region["score"],
-    }
+    score = 1.0 if region["score"] is None else region["score"]
+    return coco_annotation(ann_id, image_id, category_id, region["bbox"]) | {"score": score}
 
 
 def _coco_against(ok: list[dict[str, Any]], truth: Truth, class_agnostic: bool) -> dict[str, Any]:

@@ -68,7 +68,7 @@ def coco_inputs(
     for name in names:
         regions = truth.regions[name]
         for box, phrase in zip(regions.boxes.tolist(), regions.phrases, strict=True):
-            gt_anns.append(_ann(len(gt_anns) + 1, ids[name], category(phrase) or 0, box))
+            gt_anns.append(coco_annotation(len(gt_anns) + 1, ids[name], category(phrase) or 0, box))
     width_height = {n: truth.sizes.get(n, (0, 0)) for n in names}
     gt = {
         "images": [
@@ -97,7 +97,7 @@ def coco_inputs(
             if cat is None:
                 inputs.unknown[normalize_phrase(phrase)] += 1
                 continue
-            ann = _ann(len(inputs.dt) + 1, ids[gt_name], cat, box)
+            ann = coco_annotation(len(inputs.dt) + 1, ids[gt_name], cat, box)
             ann["score"] = score
             if class_agnostic:
                 ann["caption"] = phrase  # the phrase survives the single category
@@ -105,7 +105,10 @@ def coco_inputs(
     return inputs
 
 
-def _ann(ann_id: int, image_id: int, category_id: int, box: list[float]) -> dict[str, Any]:
+def coco_annotation(
+    ann_id: int, image_id: int, category_id: int, box: list[float]
+) -> dict[str, Any]:
+    """One COCO annotation from an xyxy box in original pixels (COCO wants x, y, w, h)."""
     x1, y1, x2, y2 = box
     w, h = x2 - x1, y2 - y1
     return {

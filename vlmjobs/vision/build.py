@@ -302,13 +302,7 @@ def make_model(
     out.mkdir(parents=True, exist_ok=True)
     tok = make_tokenizer()
     model = random_model(arch, seed=seed, device=device)
-    ids = special_ids()
-    model.generation_config = GenerationConfig(
-        bos_token_id=ids["<|endoftext|>"],
-        eos_token_id=[ids["<|im_end|>"], ids["<|endoftext|>"]],
-        pad_token_id=ids["<|endoftext|>"],
-        do_sample=False,
-    )
+    model.generation_config = generation_config()
     model.save_pretrained(out)
     tok.save_pretrained(out)
     if arch != "demo":
@@ -323,6 +317,17 @@ def make_model(
     pretrain_on_shapes(model, processor, plan, log)
     model.save_pretrained(out)
     return out
+
+
+def generation_config() -> GenerationConfig:
+    """Greedy, stopping at <|im_end|> or <|endoftext|> (what Qwen checkpoints ship)."""
+    ids = special_ids()
+    return GenerationConfig(
+        bos_token_id=ids["<|endoftext|>"],
+        eos_token_id=[ids["<|im_end|>"], ids["<|endoftext|>"]],
+        pad_token_id=ids["<|endoftext|>"],
+        do_sample=False,
+    )
 
 
 def family_archs() -> tuple[str, ...]:

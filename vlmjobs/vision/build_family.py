@@ -22,7 +22,6 @@ from typing import Any
 
 import torch
 from transformers import (
-    GenerationConfig,
     PretrainedConfig,
     Qwen2VLConfig,
     Qwen3VLConfig,
@@ -32,6 +31,7 @@ from transformers import (
 from vlmjobs.vision.build import (
     BPE_VOCAB,
     SPECIALS,
+    generation_config,
     make_image_processor,
     make_tokenizer,
     special_ids,
@@ -218,13 +218,7 @@ def make_family_model(out: Path, arch: str, seed: int = 0, *, device: str = "cpu
     if family.patch_size == 16:  # Qwen3-VL and its MoE
         tok.chat_template = QWEN3_VL_CHAT_TEMPLATE
     model = random_family_model(arch, seed=seed, device=device)
-    ids = special_ids()
-    model.generation_config = GenerationConfig(
-        bos_token_id=ids["<|endoftext|>"],
-        eos_token_id=[ids["<|im_end|>"], ids["<|endoftext|>"]],
-        pad_token_id=ids["<|endoftext|>"],
-        do_sample=False,
-    )
+    model.generation_config = generation_config()
     model.save_pretrained(out)
     tok.save_pretrained(out)
     _save_preprocessor(out, family, tok.chat_template)

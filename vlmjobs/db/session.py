@@ -195,7 +195,7 @@ def known_revision(revision: str | None) -> bool:
     if revision is None:
         return True
     try:
-        ScriptDirectory.from_config(alembic_config(settings.db_url())).get_revision(revision)
+        ScriptDirectory(str(MIGRATIONS)).get_revision(revision)
     except CommandError:
         return False
     return True

@@ -18,6 +18,7 @@ Pre-quantized Qwen2.5-VL-7B (``vlmjobs dev quantize``), loading peak and infer:
 | q7b_prepare          | writes the random 7B bf16 checkpoint and its nf4 copy (once)   |
 | infer_q7b_onload_b32 | loads the bf16 checkpoint quantizing on load, static engine    |
 | infer_q7b_saved_b32  | loads the pre-quantized checkpoint as saved, static engine     |
+| train_q7b_saved_b2   | QLoRA r4 q/v on the pre-quantized checkpoint, micro-batch 2    |
 
     python bench/family.py                 # GPU, the four Qwen3-VL configs, ~5 min on an H200
     python bench/family.py --tiny          # CPU, tiny-qwen3vl: the same code, for correctness
@@ -178,7 +179,9 @@ def run_infer(engine: str, batch: int, tiny: bool, loaded: Any = None) -> dict[s
             "load_s": round(load_s, 1)} | peaks(device)  # fmt: skip
 
 
-def run_train(seed_way: bool, bs: int, tiny: bool, steps: int) -> dict[str, Any]:
+def run_train(
+    seed_way: bool, bs: int, tiny: bool, steps: int, path: Path | None = None
+) -> dict[str, Any]:
     from peft import LoraConfig, get_peft_model
 
     from vlmjobs.jobs.train_model import compute_loss, prepare_model
@@ -187,7 +190,7 @@ def run_train(seed_way: bool, bs: int, tiny: bool, steps: int) -> dict[str, Any]
     from vlmjobs.vision.model import load_model
 
     device = "cpu" if tiny else "cuda"
-    path = checkpoint(tiny)
+    path = path or checkpoint(tiny)
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
     model, _ = load_model(ModelSpec(path=str(path), quantization="nf4"), device=device,
@@ -237,6 +240,9 @@ def child(name: str, tiny: bool, steps: int, cap_gib: float | None) -> dict[str,
         torch.cuda.set_per_process_memory_fraction(min(1.0, cap_gib / total))
     if name == "q7b_prepare":
         return {"config": name} | run_prepare()
+    if name.startswith("train_q7b_"):  # the pre-quantized 7B, our train path
+        bs = int(name.rsplit("_b", 1)[1])
+        return {"config": name} | run_train(False, bs, False, steps, path=q7b_paths()[1])
     if name.startswith("infer_q7b_"):
         _, _, way, b = name.split("_")
         return {"config": name} | run_q7b(way == "saved", int(b.removeprefix("b")))

@@ -3,7 +3,11 @@
 # infer and train JOBS through the worker's context, uncapped and capped to 11.5 GiB (a
 # 12 GB card less its CUDA context). Prints the tables; JSON and logs land in $OUT.
 #
-#   bash bench/gpu_suite.sh           # on the device; carry .whl and .bench (see below)
+#   bash bench/gpu_suite.sh [jobs]    # on the device; carry .whl and .bench (see below)
+#   bash bench/gpu_suite.sh family    # the seed, then bench/family.py: Qwen3-VL-4B infer + train
+#   bash bench/gpu_suite.sh q7b       # the seed, then the pre-quantized Qwen2.5-VL-7B nf4, capped 12 GiB
+#   bash bench/gpu_suite.sh targets   # the seed, then the issue-sized jobs: infer over 1,000
+#                                     # images, train 10 epochs over 200 samples (~10 min)
 #   bash bench/gpu_suite.sh --tiny    # CPU, tiny model, the same code path (timings mean nothing)
 #
 # The device has python 3.12, torch, transformers and peft but not bitsandbytes, pydantic,
@@ -47,9 +51,31 @@ else
 fi
 echo "seed part: $((SECONDS - start)) s"
 
+left=$((525 - (SECONDS - start)))
+case "${1:-jobs}" in
+targets)
+    export TORCHINDUCTOR_CACHE_DIR="${TORCHINDUCTOR_CACHE_DIR:-/tmp/vlmjobs-compile-cache}"
+    all="$OUT"
+    OUT="$all/infer1000" timeout 210 "$PY" bench/jobs_gpu.py --n 1000 --runs infer:48 \
+        --seed-json "$all/seed_recipe.json" --budget-s 200
+    left=$((570 - (SECONDS - start)))
+    OUT="$all/train10" timeout "$left" "$PY" bench/jobs_gpu.py --n 200 --runs train:8:e10 \
+        --seed-json "$all/seed_recipe.json" --budget-s $((left - 10))
+    echo "suite: $((SECONDS - start)) s; files in $all"
+    exit 0 ;;
+family)
+    timeout "$left" "$PY" bench/family.py --timeout 150
+    echo "suite: $((SECONDS - start)) s; files in $OUT"
+    exit 0 ;;
+q7b)
+    timeout "$left" "$PY" bench/family.py --cap-gib 12 --timeout 200 \
+        --configs q7b_prepare,infer_q7b_onload_b32,infer_q7b_saved_b32,train_q7b_saved_b2
+    echo "suite: $((SECONDS - start)) s; files in $OUT"
+    exit 0 ;;
+esac
+
 # 2. The jobs: infer batch 48, infer batch 96 under the cap (out-of-memory recovery must end
 #    192/192), train micro-batch 8, and 12 under the cap. Whatever time is left, up to 9 min.
-left=$((525 - (SECONDS - start)))
 TORCHINDUCTOR_CACHE_DIR="${TORCHINDUCTOR_CACHE_DIR:-/tmp/vlmjobs-compile-cache}" \
     timeout "$left" "$PY" bench/jobs_gpu.py --runs infer:48,infer:96:cap,train:8:e2,train:12:cap \
     --cap-gib 11.5 --seed-json "$OUT/seed_recipe.json" --budget-s $((left - 15))

@@ -57,6 +57,9 @@ sys.path[:] = [str(ROOT)] + [p for p in sys.path if Path(p or ".").resolve() != 
 
 SIZE, TINY_SIZE = (1036, 756), (224, 168)
 TINY_PIXELS = {"min_pixels": 3136, "max_pixels": 50176}  # 4..64 tokens: fast on 2 cores
+# max_pixels = the workload's own image (999 tokens): the preflight sizes every image at
+# max_pixels, so a looser limit makes it budget for images this workload never has.
+FULL_PIXELS = {"min_pixels": 256 * 784, "max_pixels": SIZE[0] * SIZE[1]}
 COLOURS = ("red", "green", "blue", "yellow", "purple", "orange", "black", "white", "cyan")
 GIB = 2**30
 
@@ -235,7 +238,7 @@ def part_infer(args: argparse.Namespace) -> dict:
     # out-of-memory recovery is exercised instead.
     preflight = {"gpu_memory_gib": 1000.0} if args.cap_gib else {}
     spec = InferSpec.model_validate({
-        "model": model | (TINY_PIXELS if args.tiny else {}), "inputs": [args.images],
+        "model": model | (TINY_PIXELS if args.tiny else FULL_PIXELS), "inputs": [args.images],
         "batch_size": args.batch, "max_new_tokens": args.new_tokens,
         "min_new_tokens": args.new_tokens, "engine": "auto", "preflight": preflight,
     })  # fmt: skip
@@ -278,7 +281,7 @@ def part_train(args: argparse.Namespace) -> dict:
     mbs = args.batch
     model = {"path": args.model, "quantization": "nf4", "dtype": "bf16"}
     spec = TrainSpec.model_validate({
-        "model": model | (TINY_PIXELS if args.tiny else {}), "data": {"path": args.data},
+        "model": model | (TINY_PIXELS if args.tiny else FULL_PIXELS), "data": {"path": args.data},
         "micro_batch_size": mbs, "max_steps": None if args.epochs else args.steps,
         "epochs": args.epochs or 1,
         "checkpoint": {"every_steps": 10**6 if args.epochs else args.steps},
@@ -457,7 +460,7 @@ def run_all(args: argparse.Namespace, runs: list[list[str]]) -> None:
     out.mkdir(parents=True, exist_ok=True)
     args.work = args.work or Path(tempfile.mkdtemp(prefix="jobs_gpu-"))
     args.work.mkdir(parents=True, exist_ok=True)
-    pixels = TINY_PIXELS if args.tiny else {"min_pixels": 256 * 784, "max_pixels": 1280 * 784}
+    pixels = TINY_PIXELS if args.tiny else FULL_PIXELS
     data = make_data(args.work, args.n, TINY_SIZE if args.tiny else SIZE, 14, pixels)
     print(f"data: {json.dumps(data)} in {time.time() - start:.1f} s", flush=True)
     model = args.work / "model"
@@ -482,7 +485,7 @@ def run_all(args: argparse.Namespace, runs: list[list[str]]) -> None:
             continue
         extra = ["--batch", batch] + (["--capped", str(args.cap_gib)] if cap else [])
         extra += ["--epochs", epochs[0]] if epochs else []
-        limit = 200 if kind == "infer" else 150
+        limit = 200 if kind == "infer" else (600 if epochs else 150)  # epochs: as long as left
         rows.append(spawn(args, kind, common + extra, min(limit, left()), out / f"{name}.log"))
         info["wall_s"] = round(time.time() - start, 1)
         (out / "jobs_gpu.json").write_text(json.dumps(info, indent=1, default=str))

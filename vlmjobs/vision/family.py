@@ -13,6 +13,7 @@ generation engine (whether the static-KV-cache decoder runs it):
 | qwen2_5_vl  | 14 x 2 = 28   | pixels of the resized image  | yes           |
 | qwen3_vl    | 16 x 2 = 32   | 0-1000 of the image          | yes           |
 | qwen3_vl_moe| 16 x 2 = 32   | 0-1000 of the image          | no (experts)  |
+| qwen3_5     | 16 x 2 = 32   | 0-1000 of the image          | no (recurrent state) |
 
 Pixel limits are always pinned (``default_min_pixels`` / ``default_max_pixels``:
 256 to 1280 visual tokens per image): Qwen3-VL's processor would otherwise allow
@@ -146,6 +147,24 @@ FAMILIES: dict[str, Family] = {
             image_std=(0.5, 0.5, 0.5),
             static_engine=False,
             engine_note=_NO_STATIC.format(title="Qwen3-VL-MoE (expert layers)"),
+        ),
+        # Qwen3.5: Qwen3-VL's vision tower (no DeepStack) and frame, a hybrid language model:
+        # 3 of 4 layers are gated delta-net linear attention, whose per-row recurrent and
+        # convolution state a KV cache cannot hold. Its chat template thinks by default.
+        Family(
+            name="qwen3_5",
+            title="Qwen3.5",
+            model_class="Qwen3_5ForConditionalGeneration",
+            processor_class="Qwen3VLProcessor",
+            patch_size=16,
+            merge_size=2,
+            convention="1000",
+            image_mean=(0.5, 0.5, 0.5),
+            image_std=(0.5, 0.5, 0.5),
+            static_engine=False,
+            engine_note=_NO_STATIC.format(
+                title="Qwen3.5 (gated delta-net layers carry a recurrent state, not a KV cache)"
+            ),
         ),
     )
 }

@@ -57,6 +57,9 @@ class Family:
     static_engine: bool
     # Says why the static engine does not run it (logged when infer falls back).
     engine_note: str = ""
+    # Gated delta-net (linear attention) layers beside full attention (Qwen3.5): LoRA may
+    # target their projections (in_proj_qkv, in_proj_z, out_proj, ...).
+    linear_attention: bool = False
 
     @property
     def factor(self) -> int:
@@ -165,6 +168,7 @@ FAMILIES: dict[str, Family] = {
             engine_note=_NO_STATIC.format(
                 title="Qwen3.5 (gated delta-net layers carry a recurrent state, not a KV cache)"
             ),
+            linear_attention=True,
         ),
     )
 }

@@ -75,7 +75,7 @@ _VISION: dict[str, dict[str, Any]] = {
 ARCHS = tuple(_TEXT)
 
 
-def qwen35_config(arch: str, token_ids: dict[str, int], text_common: dict[str, Any]) -> Any:
+def qwen35_config(arch: str, token_ids: dict[str, Any], text_common: dict[str, Any]) -> Any:
     """The ``Qwen3_5Config`` of ``arch``: ``token_ids`` (image/video/vision start/end) and
     ``text_common`` (vocab, eos/pad ids, tying) come from the local tokenizer's builder."""
     text = _TEXT[arch]

@@ -24,6 +24,7 @@ from vlmjobs.vision.family import FAMILIES, family_of
 from vlmjobs.vision.generate import Generator
 from vlmjobs.vision.inputs import build_inputs
 from vlmjobs.vision.model import load_model
+from vlmjobs.vision.parse import parse_regions
 
 NEW = 10
 PROMPTS = ["Describe the image.", "Find the circle.", "Caption"]
@@ -212,3 +213,23 @@ def test_the_9b_build_has_the_published_size_and_the_arithmetic_matches_it() -> 
     )
     assert arch["lm_linear"] == linear
     assert (arch["full_layers"], arch["linear_layers"]) == (8, 24)
+
+
+ANSWER = '[{"bbox_2d": [100, 200, 300, 400], "label": "a red circle"}]'
+
+
+@pytest.mark.parametrize(
+    "text,status,n",
+    [
+        pytest.param(f"<think>\nbox [1, 2] first\n</think>\n\n{ANSWER}", "ok", 1, id="reasoned"),
+        pytest.param(f"<think>\n\n</think>\n\n{ANSWER}", "ok", 1, id="thinking-off"),
+        pytest.param("<think>\n\n</think>\n\n[]", "empty", 0, id="nothing-found"),
+        pytest.param("<think>\nthe circle at [1, 2", "truncated", 0, id="cut-while-thinking"),
+        pytest.param(ANSWER, "ok", 1, id="no-thinking-block"),
+    ],
+)
+def test_parse_skips_a_thinking_block(text: str, status: str, n: int) -> None:
+    got = parse_regions(text, input_size=(640, 480), image_size=(640, 480), convention="1000")
+    assert (got.status, len(got.regions), got.dropped) == (status, n, 0)
+    if n:
+        assert got.regions.boxes.tolist() == [[64.0, 96.0, 192.0, 192.0]]

@@ -21,7 +21,7 @@ from vlmjobs.specs.train import TrainSpec
 from vlmjobs.vision.build import make_model
 from vlmjobs.vision.build_family import model_config
 from vlmjobs.vision.family import FAMILIES, family_of
-from vlmjobs.vision.generate import Generator
+from vlmjobs.vision.generate import Generator, slow_kernels
 from vlmjobs.vision.inputs import build_inputs
 from vlmjobs.vision.model import load_model
 from vlmjobs.vision.parse import parse_regions
@@ -233,3 +233,19 @@ def test_parse_skips_a_thinking_block(text: str, status: str, n: int) -> None:
     assert (got.status, len(got.regions), got.dropped) == (status, n, 0)
     if n:
         assert got.regions.boxes.tolist() == [[64.0, 96.0, 192.0, 192.0]]
+
+
+@pytest.mark.parametrize(
+    "device,names_packages",
+    [
+        pytest.param("cuda", True, id="gpu-without-fast-kernels"),
+        pytest.param("cpu", False, id="cpu-reference-kernels-are-the-point"),
+    ],
+)
+def test_a_gpu_without_the_delta_net_kernels_is_told_what_to_install(
+    loaded, device: str, names_packages: bool
+) -> None:
+    note = slow_kernels(loaded[0], device)  # neither package is installed here
+    assert (note is not None) == names_packages
+    if note:
+        assert "flash-linear-attention" in note and "causal-conv1d" in note

@@ -249,3 +249,31 @@ def test_a_gpu_without_the_delta_net_kernels_is_told_what_to_install(
     assert (note is not None) == names_packages
     if note:
         assert "flash-linear-attention" in note and "causal-conv1d" in note
+
+
+def test_the_moe_variant_decodes_with_generate_and_is_sized(tmp_path: Path, caplog) -> None:
+    """Qwen3.5-MoE (inference only): the fallback runs, batched = one at a time, and the
+    memory estimate counts every expert, router and shared expert of its language model."""
+    path = make_model(tmp_path / "moe", "tiny-qwen35moe", seed=0)
+    assert family_of(path).name == "qwen3_5_moe"
+    model, processor = load_model(ModelSpec(path=str(path), dtype="fp32"))
+    with caplog.at_level(logging.WARNING, logger="vlmjobs.vision.generate"):
+        generator = Generator(model, processor, max_batch=2, engine="static")
+    assert generator.engine == "hf" and "Qwen3.5-MoE" in caplog.text
+    images = [Image.new("RGB", (64 + 60 * i, 150 - 30 * i), (50 * i, 90, 9)) for i in range(3)]
+    out = generator.generate(build_inputs(processor, images, PROMPTS), max_new_tokens=6)
+    single = [
+        generator.generate(build_inputs(processor, [im], [p]), max_new_tokens=6)[0]
+        for im, p in zip(images, PROMPTS, strict=True)
+    ]
+    assert [g.token_ids for g in out] == [g.token_ids for g in single]
+    arch = architecture(model.config)
+    lm = model.model.language_model
+    weights = sum(p.numel() for n, p in lm.layers.named_parameters() if n.endswith(_MATRICES))
+    assert arch["lm_linear"] == weights
+
+
+# Weight matrices of a language-model layer: linear weights and the experts' stacked ones.
+_MATRICES = ("proj.weight", "in_proj_qkv.weight", "in_proj_z.weight", "in_proj_a.weight",
+             "in_proj_b.weight", "gate.weight", "gate_up_proj",
+             "experts.down_proj")  # fmt: skip

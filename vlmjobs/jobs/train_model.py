@@ -313,7 +313,8 @@ def architecture(config: Any) -> dict[str, int]:
     """
     text = getattr(config, "text_config", config)
     vis = config.vision_config
-    hidden, inter, layers = text.hidden_size, text.intermediate_size, text.num_hidden_layers
+    hidden, layers = text.hidden_size, text.num_hidden_layers
+    mlp_weights, inter = _mlp(text)
     head_dim = getattr(text, "head_dim", None) or hidden // text.num_attention_heads
     q_dim, kv = text.num_attention_heads * head_dim, text.num_key_value_heads * head_dim
     vh = getattr(vis, "embed_dim", None) or vis.hidden_size
@@ -333,8 +334,8 @@ def architecture(config: Any) -> dict[str, int]:
         "q_dim": q_dim,
         "kv_dim": kv,
         "vocab": text.vocab_size,
-        "lm_linear": layers * (2 * hidden * q_dim + 2 * hidden * kv + 3 * hidden * inter),
-        **_linear_attention(text, q_dim, kv),
+        "lm_linear": layers * (2 * hidden * q_dim + 2 * hidden * kv + mlp_weights),
+        **_linear_attention(text, q_dim, kv, mlp_weights),
         "embed": text.vocab_size * hidden,
         "lm_head": 0 if tied else text.vocab_size * hidden,
         # Linear weights of the blocks and the merger(s), and the patch embedding.
@@ -347,7 +348,20 @@ def architecture(config: Any) -> dict[str, int]:
     }
 
 
-def _linear_attention(text: Any, q_dim: int, kv: int) -> dict[str, int]:
+def _mlp(text: Any) -> tuple[int, int]:
+    """(weights of one layer's MLP, MLP channels one token passes through). A mixture of
+    experts (the MoE families) holds every expert and its router, a token runs top-k of them
+    and the shared expert (Qwen3.5-MoE's)."""
+    h, experts = text.hidden_size, getattr(text, "num_experts", None)
+    if not experts:
+        return 3 * h * text.intermediate_size, text.intermediate_size
+    moe = text.moe_intermediate_size
+    shared = getattr(text, "shared_expert_intermediate_size", None) or 0
+    weights = experts * 3 * h * moe + h * experts + (3 * h * shared + h if shared else 0)
+    return weights, text.num_experts_per_tok * moe + shared
+
+
+def _linear_attention(text: Any, q_dim: int, kv: int, mlp_weights: int) -> dict[str, int]:
     """Qwen3.5's hybrid language model: full-attention layers (q_proj twice as wide: it also
     yields the output gate) between gated delta-net layers (fused q/k/v, output gate z,
     per-head decay a and rate b, out_proj), each holding a recurrent state instead of keys
@@ -366,7 +380,7 @@ def _linear_attention(text: Any, q_dim: int, kv: int) -> dict[str, int]:
     return {
         "lm_linear": full * (3 * h * q_dim + 2 * h * kv)
         + linear * per_linear
-        + len(types) * 3 * h * text.intermediate_size,
+        + len(types) * mlp_weights,
         "full_layers": full,
         "linear_layers": linear,
         "linear_key_dim": key,

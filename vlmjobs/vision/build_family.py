@@ -8,6 +8,7 @@ the Qwen2.5-VL ones and shares its tokenizer).
 | tiny-qwen3vlmoe  | qwen3_vl_moe | the same with 4 experts, top 2 (inference tests)       |
 | qwen3vl-2b/4b/8b | qwen3_vl   | GPU benchmarks: the real architectures, noise weights    |
 | tiny-qwen35, qwen35-9b | qwen3_5 | the same for Qwen3.5 (``vision/build_qwen35.py``)   |
+| tiny-qwen35moe   | qwen3_5_moe | tiny-qwen35 with 4 experts, top 2 (inference tests)  |
 
 The real-size ones use the Qwen3-VL-*-Instruct config.json values.
 
@@ -88,6 +89,7 @@ FAMILY_ARCHS: dict[str, str] = {
     **{arch: "qwen3_vl" for arch in _QWEN3_TEXT},
     "tiny-qwen35": "qwen3_5",
     "qwen35-9b": "qwen3_5",
+    "tiny-qwen35moe": "qwen3_5_moe",
 }
 
 
@@ -124,7 +126,7 @@ def _text_common(vocab_size: int, tied: bool) -> dict[str, Any]:
 def model_config(arch: str) -> PretrainedConfig:
     """The transformers config of ``arch``, token ids of the local tokenizer."""
     family = arch_family(arch)
-    if family.name == "qwen3_5":
+    if family.linear_attention:  # Qwen3.5 and its MoE
         from vlmjobs.vision.build_qwen35 import THINK_TOKENS, qwen35_config
 
         tiny = arch.startswith("tiny")
@@ -226,7 +228,7 @@ def make_family_model(out: Path, arch: str, seed: int = 0, *, device: str = "cpu
     tok = make_tokenizer()
     if family.patch_size == 16:  # Qwen3-VL and its MoE
         tok.chat_template = QWEN3_VL_CHAT_TEMPLATE
-    if family.name == "qwen3_5":
+    if family.linear_attention:  # Qwen3.5 and its MoE
         from vlmjobs.vision.build_qwen35 import QWEN3_5_CHAT_TEMPLATE, THINK_TOKENS
 
         tok.add_tokens(THINK_TOKENS)  # ids right after the specials, as in the config's vocab

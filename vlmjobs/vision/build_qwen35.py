@@ -1,10 +1,11 @@
 """Random-weight Qwen3.5 checkpoints (``model_type`` ``qwen3_5``), built offline through
 ``vision/build_family.py`` (``vlmjobs dev make-model OUT --arch tiny-qwen35 | qwen35-9b``).
 
-| arch        | what for                                                                  |
-| ----------- | ------------------------------------------------------------------------- |
-| tiny-qwen35 | tests: one gated delta-net (linear attention) layer, then one full-attention layer |
-| qwen35-9b   | GPU benchmarks: Qwen3.5-9B's architecture (config.json values), noise weights |
+| arch           | what for                                                          |
+| -------------- | ----------------------------------------------------------------- |
+| tiny-qwen35    | tests: a gated delta-net (linear attention) layer, then a full-attention one |
+| tiny-qwen35moe | the same with every MLP 4 experts (top 2) + a shared one (qwen3_5_moe) |
+| qwen35-9b      | GPU benchmarks: Qwen3.5-9B's architecture (config.json values), noise weights |
 
 Qwen3.5 is Qwen3-VL's vision tower (patch 16, merge 2, no DeepStack) in front of a hybrid
 language model: three of every four layers are gated delta-net linear attention (a causal
@@ -23,7 +24,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from transformers import Qwen3_5Config
+from transformers import Qwen3_5Config, Qwen3_5MoeConfig
 
 # Thinking markers: ordinary added tokens in Qwen3.5's tokenizer (decoded with the text).
 THINK_TOKENS = ["<think>", "</think>"]
@@ -72,15 +73,25 @@ _VISION: dict[str, dict[str, Any]] = {
     "qwen35-9b": dict(depth=27, hidden_size=1152, intermediate_size=4304, num_heads=16,
                       num_position_embeddings=2304),
 }  # fmt: skip
-ARCHS = tuple(_TEXT)
+# The MoE variant's MLPs: routed experts (top k) beside one shared expert.
+_EXPERTS: dict[str, dict[str, Any]] = {
+    "tiny-qwen35moe": dict(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32,
+                           shared_expert_intermediate_size=32),
+}  # fmt: skip
+ARCHS = (*_TEXT, *_EXPERTS)
 
 
 def qwen35_config(arch: str, token_ids: dict[str, Any], text_common: dict[str, Any]) -> Any:
     """The ``Qwen3_5Config`` of ``arch``: ``token_ids`` (image/video/vision start/end) and
     ``text_common`` (vocab, eos/pad ids, tying) come from the local tokenizer's builder."""
-    text = _TEXT[arch]
+    moe = arch in _EXPERTS
+    text = dict(_TEXT["tiny-qwen35"]) if moe else _TEXT[arch]
+    if moe:
+        del text["intermediate_size"]  # every MLP is a mixture
+        text.update(_EXPERTS[arch])
+    vision = _VISION["tiny-qwen35" if moe else arch]
     rotary = int(text["head_dim"] * 0.25)  # partial rotary: a quarter of each head
-    return Qwen3_5Config(
+    return (Qwen3_5MoeConfig if moe else Qwen3_5Config)(
         text_config=dict(
             text,
             **text_common,
@@ -95,7 +106,7 @@ def qwen35_config(arch: str, token_ids: dict[str, Any], text_common: dict[str, A
             },
         ),
         vision_config=dict(
-            _VISION[arch],
+            vision,
             out_hidden_size=text["hidden_size"],
             patch_size=16,
             spatial_merge_size=2,

@@ -14,6 +14,7 @@ generation engine (whether the static-KV-cache decoder runs it):
 | qwen3_vl    | 16 x 2 = 32   | 0-1000 of the image          | yes           |
 | qwen3_vl_moe| 16 x 2 = 32   | 0-1000 of the image          | no (experts)  |
 | qwen3_5     | 16 x 2 = 32   | 0-1000 of the image          | no (recurrent state) |
+| qwen3_5_moe | 16 x 2 = 32   | 0-1000 of the image          | no (recurrent state, experts) |
 
 Pixel limits are always pinned (``default_min_pixels`` / ``default_max_pixels``:
 256 to 1280 visual tokens per image): Qwen3-VL's processor would otherwise allow
@@ -167,6 +168,22 @@ FAMILIES: dict[str, Family] = {
             static_engine=False,
             engine_note=_NO_STATIC.format(
                 title="Qwen3.5 (gated delta-net layers carry a recurrent state, not a KV cache)"
+            ),
+            linear_attention=True,
+        ),
+        Family(
+            name="qwen3_5_moe",
+            title="Qwen3.5-MoE",
+            model_class="Qwen3_5MoeForConditionalGeneration",
+            processor_class="Qwen3VLProcessor",
+            patch_size=16,
+            merge_size=2,
+            convention="1000",
+            image_mean=(0.5, 0.5, 0.5),
+            image_std=(0.5, 0.5, 0.5),
+            static_engine=False,
+            engine_note=_NO_STATIC.format(
+                title="Qwen3.5-MoE (gated delta-net layers carry a recurrent state; expert layers)"
             ),
             linear_attention=True,
         ),

@@ -4,6 +4,7 @@ time), LoRA's reach into the delta-net layers, and the memory arithmetic against
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,7 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
-from vlmjobs.errors import PreflightError
+from vlmjobs.errors import ModelLoadError, PreflightError
 from vlmjobs.jobs.train import check_lora_targets
 from vlmjobs.jobs.train_model import architecture, lora_params, prepare_model
 from vlmjobs.specs.common import ModelSpec
@@ -277,3 +278,9 @@ def test_the_moe_variant_decodes_with_generate_and_is_sized(tmp_path: Path, capl
 _MATRICES = ("proj.weight", "in_proj_qkv.weight", "in_proj_z.weight", "in_proj_a.weight",
              "in_proj_b.weight", "gate.weight", "gate_up_proj",
              "experts.down_proj")  # fmt: skip
+
+
+def test_a_transformers_without_the_family_class_is_a_clear_error() -> None:
+    older = dataclasses.replace(FAMILIES["qwen3_5"], model_class="Qwen3_5NotInThisRelease")
+    with pytest.raises(ModelLoadError, match=r"Qwen3.5 \(qwen3_5\) needs .*pip install -U"):
+        older.load_class()

@@ -90,7 +90,13 @@ class Family:
         """The transformers generation class (imported on demand: they are heavy)."""
         import transformers
 
-        return getattr(transformers, self.model_class)
+        cls = getattr(transformers, self.model_class, None)
+        if cls is None:  # a transformers older than the family
+            raise ModelLoadError(
+                f"{self.title} ({self.name}) needs transformers' {self.model_class}, which "
+                f"transformers {transformers.__version__} lacks: pip install -U transformers"
+            )
+        return cls
 
 
 _CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)

@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 
 from vlmjobs.errors import ModelLoadError, PreflightError
-from vlmjobs.jobs.train import check_lora_targets
+from vlmjobs.jobs.train import preflight
 from vlmjobs.jobs.train_model import architecture, lora_params, prepare_model
 from vlmjobs.specs.common import ModelSpec
 from vlmjobs.specs.train import TrainSpec
@@ -189,13 +189,17 @@ def _one_batch(path: Path) -> Any:
 def test_train_preflight_refuses_targets_the_family_lacks(
     tmp_path: Path, arch: str, targets: list[str], refused: bool
 ) -> None:
-    path = make_model(tmp_path / arch, arch, seed=0)
-    spec = _train_spec(path, targets)
+    _img().save(tmp_path / "a.png")
+    (tmp_path / "t.jsonl").write_text('{"image": "a.png", "prefix": "p", "suffix": "s"}\n')
+    spec = TrainSpec.model_validate({
+        "model": {"path": str(make_model(tmp_path / arch, arch, seed=0))},
+        "data": {"path": str(tmp_path / "t.jsonl")}, "lora": {"targets": targets},
+    })  # fmt: skip
     if not refused:
-        check_lora_targets(spec)
+        assert preflight(spec).estimate is not None  # went on to the memory plan
         return
     with pytest.raises(PreflightError, match=r"\['in_proj_qkv'\].*Qwen2.5-VL"):
-        check_lora_targets(spec)
+        preflight(spec)
 
 
 def test_the_9b_build_has_the_published_size_and_the_arithmetic_matches_it() -> None:

@@ -11,6 +11,16 @@ image), 90 prompt tokens; infer forces 256 new tokens, train has a 550-token ans
 | train_nf4_bN    | ours: QLoRA r4 on q/v, nf4 loaded from a bf16 checkpoint, micro-batch N   |
 | train_hf_b1     | the seeds' way: same nf4 model, peft defaults, transformers' full-logit loss |
 
+Qwen3.5 (random-weight Qwen3.5-9B, ``vision.build_qwen35``; same workload), on the fallback:
+
+| config               | what                                                               |
+| -------------------- | ------------------------------------------------------------------ |
+| q35_infer_static_b16 | the static engine asked for: generate runs (gated delta-net layers), bf16 |
+| q35_train_nf4_b4     | QLoRA r4 on q/v_proj + in_proj_qkv/out_proj, nf4 from bf16, micro-batch 4 |
+
+Without flash-linear-attention and causal-conv1d installed, transformers runs the delta-net
+layers on its PyTorch reference kernels (the rows say which ran: ``kernels``).
+
 Pre-quantized Qwen2.5-VL-7B (``vlmjobs dev quantize``), loading peak and infer:
 
 | config               | what                                                           |
@@ -22,6 +32,7 @@ Pre-quantized Qwen2.5-VL-7B (``vlmjobs dev quantize``), loading peak and infer:
 
     python bench/family.py                 # GPU, the four Qwen3-VL configs, ~5 min on an H200
     python bench/family.py --tiny          # CPU, tiny-qwen3vl: the same code, for correctness
+    python bench/family.py [--tiny] --configs q35_infer_static_b16,q35_train_nf4_b4
     python bench/family.py --cap-gib 12 \
         --configs q7b_prepare,infer_q7b_onload_b32,infer_q7b_saved_b32
 
@@ -53,6 +64,10 @@ GRID, PROMPT, NEW, ANSWER = (1, 54, 74), 90, 256, 550
 TINY_GRID, TINY_NEW = (1, 8, 12), 8
 GPU_CONFIGS = ["infer_static_b32", "infer_hf_b16", "train_nf4_b8", "train_hf_b1"]
 TINY_CONFIGS = ["infer_static_b4", "infer_hf_b4", "train_nf4_b2", "train_hf_b1"]
+# Which random build a config runs: (tiny, real size); q35_* configs run Qwen3.5.
+ARCHS = {"qwen3vl": ("tiny-qwen3vl", "qwen3vl-4b"), "q35": ("tiny-qwen35", "qwen35-9b")}
+LORA_TARGETS = {"qwen3vl": ["q_proj", "v_proj"],
+                "q35": ["q_proj", "v_proj", "in_proj_qkv", "out_proj"]}  # fmt: skip
 
 
 def synthetic(config: Any, rows: int, grid: tuple[int, int, int], answer: int = 0) -> dict:
@@ -81,11 +96,11 @@ def synthetic(config: Any, rows: int, grid: tuple[int, int, int], answer: int = 
     return batch
 
 
-def checkpoint(tiny: bool) -> Path:
+def checkpoint(tiny: bool, model: str = "qwen3vl") -> Path:
     """A saved random-weight checkpoint (train loads it quantizing to nf4, as a job does)."""
     from vlmjobs.vision.build import make_model
 
-    arch = "tiny-qwen3vl" if tiny else "qwen3vl-4b"
+    arch = ARCHS[model][0 if tiny else 1]
     path = WORK / arch
     if not (path / "config.json").exists():
         make_model(path, arch, seed=0, device="cpu" if tiny else "cuda")
@@ -142,7 +157,17 @@ def peaks(device: str) -> dict[str, float]:
             "peak_reserved_gib": round(torch.cuda.max_memory_reserved() / 2**30, 2)}  # fmt: skip
 
 
-def run_infer(engine: str, batch: int, tiny: bool, loaded: Any = None) -> dict[str, Any]:
+def kernels() -> str:
+    """Which delta-net kernels transformers can use: the fast packages, or its torch fallback."""
+    from importlib.util import find_spec
+
+    found = [p for p in ("fla", "causal_conv1d") if find_spec(p) is not None]
+    return "+".join(found) or "torch fallback"
+
+
+def run_infer(
+    engine: str, batch: int, tiny: bool, loaded: Any = None, model_name: str = "qwen3vl"
+) -> dict[str, Any]:
     from transformers import AutoTokenizer, BatchFeature
 
     from vlmjobs.vision.build_family import random_family_model
@@ -152,7 +177,7 @@ def run_infer(engine: str, batch: int, tiny: bool, loaded: Any = None) -> dict[s
     grid, new = (TINY_GRID, TINY_NEW) if tiny else (GRID, NEW)
     start = time.time()
     if loaded is None:
-        model = random_family_model("tiny-qwen3vl" if tiny else "qwen3vl-4b", device=device)
+        model = random_family_model(ARCHS[model_name][0 if tiny else 1], device=device)
         model.config._attn_implementation = "sdpa"
         tokenizer = AutoTokenizer.from_pretrained(checkpoint(True))  # the local tokenizer
     else:
@@ -174,13 +199,19 @@ def run_infer(engine: str, batch: int, tiny: bool, loaded: Any = None) -> dict[s
     sync(device)
     dt = (time.time() - start) / rounds
     assert all(len(g.token_ids) == new for g in out), "min_new_tokens did not force the length"
-    return {"engine": gen.engine, "batch": batch, "images_per_s": round(batch / dt, 3),
+    fallback = {"engine_note": gen.engine_note, "kernels": kernels()} if gen.engine_note else {}
+    return fallback | {"engine": gen.engine, "batch": batch, "images_per_s": round(batch / dt, 3),
             "s_per_batch": round(dt, 2), "warmup_s": round(warm_s, 1),
             "load_s": round(load_s, 1)} | peaks(device)  # fmt: skip
 
 
 def run_train(
-    seed_way: bool, bs: int, tiny: bool, steps: int, path: Path | None = None
+    seed_way: bool,
+    bs: int,
+    tiny: bool,
+    steps: int,
+    model_name: str = "qwen3vl",
+    path: Path | None = None,
 ) -> dict[str, Any]:
     from peft import LoraConfig, get_peft_model
 
@@ -190,7 +221,7 @@ def run_train(
     from vlmjobs.vision.model import load_model
 
     device = "cpu" if tiny else "cuda"
-    path = path or checkpoint(tiny)
+    path = path or checkpoint(tiny, model_name)
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
     model, _ = load_model(ModelSpec(path=str(path), quantization="nf4"), device=device,
@@ -201,7 +232,7 @@ def run_train(
     spec = TrainSpec.model_validate({
         "model": {"path": str(scratch), "quantization": "nf4"},
         "data": {"path": str(scratch / "t.jsonl")}, "micro_batch_size": bs,
-        "lora": {"r": 4, "targets": ["q_proj", "v_proj"]},
+        "lora": {"r": 4, "targets": LORA_TARGETS[model_name]},
     })  # fmt: skip
     if seed_way:
         lora = LoraConfig(
@@ -246,11 +277,13 @@ def child(name: str, tiny: bool, steps: int, cap_gib: float | None) -> dict[str,
     if name.startswith("infer_q7b_"):
         _, _, way, b = name.split("_")
         return {"config": name} | run_q7b(way == "saved", int(b.removeprefix("b")))
-    kind, way, b = name.split("_")
+    model = "q35" if name.startswith("q35_") else "qwen3vl"
+    kind, way, b = name.removeprefix("q35_").split("_")
     batch = int(b.removeprefix("b"))
     if kind == "infer":
-        return {"config": name} | run_infer("static" if way == "static" else "hf", batch, tiny)
-    return {"config": name} | run_train(way == "hf", batch, tiny, steps)
+        engine = "static" if way == "static" else "hf"
+        return {"config": name} | run_infer(engine, batch, tiny, model_name=model)
+    return {"config": name} | run_train(way == "hf", batch, tiny, steps, model_name=model)
 
 
 def table(rows: list[dict[str, Any]]) -> str:

@@ -28,6 +28,7 @@ FAMILY_NAMES = sorted(FAMILIES)
         pytest.param("qwen2_5_vl", 28, "absolute", id="qwen2.5-vl"),
         pytest.param("qwen3_vl", 32, "1000", id="qwen3-vl"),
         pytest.param("qwen3_vl_moe", 32, "1000", id="qwen3-vl-moe"),
+        pytest.param("qwen3_5", 32, "1000", id="qwen3.5"),
     ],
 )
 def test_config_model_type_decides_the_family(tmp_path, model_type, factor, convention):

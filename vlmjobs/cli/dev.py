@@ -25,13 +25,16 @@ def dev() -> None:
         ["tiny", "demo", "3b", "7b"]
         + ["tiny-qwen2vl", "tiny-qwen3vl", "tiny-qwen3vlmoe"]
         + ["qwen3vl-2b", "qwen3vl-4b", "qwen3vl-8b"]
+        + ["tiny-qwen35", "tiny-qwen35moe", "qwen35-9b"]
     ),
     default="tiny",
     show_default=True,
     help="tiny: tests (~0.45 M params, random); demo: ~1.9 M params pre-trained on demo "
     "shapes (2-3 min on CPU); 3b/7b: the real Qwen2.5-VL architectures, random weights; "
     "tiny-qwen2vl / tiny-qwen3vl / tiny-qwen3vlmoe: tiny Qwen2-VL / Qwen3-VL / Qwen3-VL-MoE; "
-    "qwen3vl-2b/4b/8b: the real Qwen3-VL architectures, random weights",
+    "qwen3vl-2b/4b/8b: the real Qwen3-VL architectures, random weights; "
+    "tiny-qwen35 / tiny-qwen35moe / qwen35-9b: a tiny Qwen3.5 (hybrid linear attention) / "
+    "its MoE / Qwen3.5-9B's architecture",
 )
 @click.option("--seed", type=int, default=0, show_default=True, help="same seed, same weights")
 @click.option(

@@ -154,7 +154,9 @@ def _engine(spec: InferSpec, plan: Plan, ctx: JobContext) -> tuple[Any, Generato
             key: Generator(model, processor, max_batch=spec.batch_size, engine=spec.engine)
         }
     generator = held["generators"][key]
-    if generator.engine_note and next(model.parameters()).device.type == "cuda":
+    # A fallback is news when the static engine was asked for, or auto would pick it (CUDA).
+    asked = spec.engine == "static" or next(model.parameters()).device.type == "cuda"
+    if generator.engine_note and asked:
         ctx.event(f"engine: {generator.engine_note}", "warning")
     return processor, generator
 

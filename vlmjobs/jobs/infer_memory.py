@@ -89,14 +89,24 @@ def estimate_infer_memory(
         f"{arch['lm_linear']:,} x {linear_bytes:.3f} B + {other:,} x {dtype} B",
         arch["lm_linear"] * linear_bytes + other * dtype,
     )
-    kv_row = arch["layers"] * 2 * arch["kv_dim"] * dtype  # bytes per token of one row
+    # Hybrid models (Qwen3.5) keep keys and values in their full-attention layers only.
+    kv_layers = arch.get("full_layers", arch["layers"])
+    kv_row = kv_layers * 2 * arch["kv_dim"] * dtype  # bytes per token of one row
     cache = term(
         "KV cache",
         f"{batch} rows x {slots:,} slots ({tokens:,} prompt + {spec.max_new_tokens} new, "
-        f"rounded to {SLOT_ROUND}) x {arch['layers']} layers x 2 x {arch['kv_dim']} x {dtype} B",
+        f"rounded to {SLOT_ROUND}) x {kv_layers} layers x 2 x {arch['kv_dim']} x {dtype} B",
         batch * slots * kv_row,
     )
-    rows = batch if _uses_hf(spec) else min(batch, PREFILL_ROWS)
+    if "state_bytes" in arch:  # the delta-net layers' recurrent + convolution state
+        cache += term(
+            "linear-attention state",
+            f"{batch} rows x {arch['linear_layers']} layers, {arch['state_bytes']:,} B a row",
+            batch * arch["state_bytes"],
+        )
+    # generate (asked for, or the fallback for families the static engine cannot run)
+    # prefills the whole batch at once.
+    rows = batch if _uses_hf(spec) or "state_bytes" in arch else min(batch, PREFILL_ROWS)
     vis_channels = 6 * arch["vision_hidden"] + 3 * arch["vision_intermediate"]
     vision = rows * image * 4 * vis_channels * VISION_BYTES_PER_CHANNEL
     per_token = (

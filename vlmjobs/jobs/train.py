@@ -49,7 +49,7 @@ from vlmjobs.jobs.train_model import (
 )
 from vlmjobs.jobs.train_report import Trackers, eval_line, step_line
 from vlmjobs.jobs.train_vision_cache import attach_vision_cache
-from vlmjobs.specs.train import TrainSpec
+from vlmjobs.specs.train import LINEAR_ATTENTION_MODULES, TrainSpec
 from vlmjobs.vision.manifest import Manifest
 from vlmjobs.vision.model import load_model, model_family
 
@@ -202,8 +202,22 @@ def preflight(spec: TrainSpec) -> Preflight:
     data = load_data(spec)  # DataError when unreadable or cleaned for another pixel frame
     if not (Path(spec.model.path).expanduser() / "config.json").is_file():
         return Preflight(data, 1, None)
+    check_lora_targets(spec)
     splits, estimate = plan_memory(spec, data.train)
     return Preflight(data, splits, estimate)
+
+
+def check_lora_targets(spec: TrainSpec) -> None:
+    """Gated delta-net projections exist only in Qwen3.5: on another family they would
+    silently get no LoRA (or none at all, a peft error after the model loaded)."""
+    family = model_family(spec.model.path)
+    absent = sorted(set(spec.lora.targets) & LINEAR_ATTENTION_MODULES)
+    if absent and not family.linear_attention:
+        raise PreflightError(
+            f"lora.targets {absent} are Qwen3.5's linear-attention projections; "
+            f"{spec.model.path!r} is {family.title}: use q_proj, k_proj, v_proj, o_proj, "
+            "gate_proj, up_proj, down_proj or all-linear"
+        )
 
 
 def plan_memory(spec: TrainSpec, train: list[Sample]) -> tuple[int, MemoryEstimate]:

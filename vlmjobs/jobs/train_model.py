@@ -45,7 +45,10 @@ def lora_target_regex(targets: list[str], *, vision: bool) -> str:
     lm = sorted(LANGUAGE_MODULES if "all-linear" in targets else set(targets) & LANGUAGE_MODULES)
     parts = []
     if lm:
-        parts.append(rf"language_model\.layers\.\d+\.(?:self_attn|mlp)\.(?:{'|'.join(lm)})")
+        # linear_attn: Qwen3.5's gated delta-net layers (in_proj_qkv, out_proj, ...).
+        parts.append(
+            rf"language_model\.layers\.\d+\.(?:self_attn|linear_attn|mlp)\.(?:{'|'.join(lm)})"
+        )
     if vision:
         vis = sorted(VISION_MODULES if "all-linear" in targets else set(targets) & VISION_MODULES)
         if vis:
@@ -310,7 +313,8 @@ def architecture(config: Any) -> dict[str, int]:
     """
     text = getattr(config, "text_config", config)
     vis = config.vision_config
-    hidden, inter, layers = text.hidden_size, text.intermediate_size, text.num_hidden_layers
+    hidden, layers = text.hidden_size, text.num_hidden_layers
+    mlp_weights, inter = _mlp(text)
     head_dim = getattr(text, "head_dim", None) or hidden // text.num_attention_heads
     q_dim, kv = text.num_attention_heads * head_dim, text.num_key_value_heads * head_dim
     vh = getattr(vis, "embed_dim", None) or vis.hidden_size
@@ -330,7 +334,8 @@ def architecture(config: Any) -> dict[str, int]:
         "q_dim": q_dim,
         "kv_dim": kv,
         "vocab": text.vocab_size,
-        "lm_linear": layers * (2 * hidden * q_dim + 2 * hidden * kv + 3 * hidden * inter),
+        "lm_linear": layers * (2 * hidden * q_dim + 2 * hidden * kv + mlp_weights),
+        **_linear_attention(text, q_dim, kv, mlp_weights),
         "embed": text.vocab_size * hidden,
         "lm_head": 0 if tied else text.vocab_size * hidden,
         # Linear weights of the blocks and the merger(s), and the patch embedding.
@@ -343,6 +348,48 @@ def architecture(config: Any) -> dict[str, int]:
     }
 
 
+def _mlp(text: Any) -> tuple[int, int]:
+    """(weights of one layer's MLP, MLP channels one token passes through). A mixture of
+    experts (the MoE families) holds every expert and its router, a token runs top-k of them
+    and the shared expert (Qwen3.5-MoE's)."""
+    h, experts = text.hidden_size, getattr(text, "num_experts", None)
+    if not experts:
+        return 3 * h * text.intermediate_size, text.intermediate_size
+    moe = text.moe_intermediate_size
+    shared = getattr(text, "shared_expert_intermediate_size", None) or 0
+    weights = experts * 3 * h * moe + h * experts + (3 * h * shared + h if shared else 0)
+    return weights, text.num_experts_per_tok * moe + shared
+
+
+def _linear_attention(text: Any, q_dim: int, kv: int, mlp_weights: int) -> dict[str, int]:
+    """Qwen3.5's hybrid language model: full-attention layers (q_proj twice as wide: it also
+    yields the output gate) between gated delta-net layers (fused q/k/v, output gate z,
+    per-head decay a and rate b, out_proj), each holding a recurrent state instead of keys
+    and values. Empty for the dense families."""
+    types = getattr(text, "layer_types", None) or []
+    linear = sum(t == "linear_attention" for t in types)
+    if not linear:
+        return {}
+    h, full = text.hidden_size, len(types) - linear
+    key = text.linear_num_key_heads * text.linear_key_head_dim
+    value = text.linear_num_value_heads * text.linear_value_head_dim
+    heads = text.linear_num_value_heads
+    per_linear = h * (2 * key + value) + 2 * h * value + 2 * h * heads
+    state = heads * text.linear_key_head_dim * text.linear_value_head_dim * 4  # fp32
+    conv = (2 * key + value) * text.linear_conv_kernel_dim * 2
+    return {
+        "lm_linear": full * (3 * h * q_dim + 2 * h * kv)
+        + linear * per_linear
+        + len(types) * mlp_weights,
+        "full_layers": full,
+        "linear_layers": linear,
+        "linear_key_dim": key,
+        "linear_value_dim": value,
+        "linear_heads": heads,
+        "state_bytes": linear * (state + conv),  # per row, whatever its length
+    }
+
+
 def lora_params(arch: dict[str, int], targets: list[str], r: int) -> int:
     """Trainable LoRA params on the language model: r * (d_in + d_out) per target per layer."""
     h, kv, i = arch["hidden"], arch["kv_dim"], arch["intermediate"]
@@ -352,7 +399,25 @@ def lora_params(arch: dict[str, int], targets: list[str], r: int) -> int:
         "gate_proj": (h, i), "up_proj": (h, i), "down_proj": (i, h),
     }  # fmt: skip
     names = shapes if "all-linear" in targets else [t for t in targets if t in shapes]
-    return arch["layers"] * sum(r * sum(shapes[name]) for name in names)
+    if "linear_layers" not in arch:
+        return arch["layers"] * sum(r * sum(shapes[name]) for name in names)
+    # Hybrid (Qwen3.5): attention targets exist in the full-attention layers only (q_proj
+    # with its gate), the delta-net projections in the linear ones, the MLP in all.
+    key, value, heads = arch["linear_key_dim"], arch["linear_value_dim"], arch["linear_heads"]
+    shapes["q_proj"] = (h, 2 * q)
+    linear_shapes = {
+        "in_proj_qkv": (h, 2 * key + value), "in_proj_z": (h, value),
+        "in_proj_a": (h, heads), "in_proj_b": (h, heads), "out_proj": (value, h),
+    }  # fmt: skip
+    every = [n for n in names if n in ("gate_proj", "up_proj", "down_proj")]
+    attention = [n for n in names if n not in every]
+    delta = linear_shapes if "all-linear" in targets else [t for t in targets if t in linear_shapes]
+    per = {n: r * sum(shape) for n, shape in {**shapes, **linear_shapes}.items()}
+    return (
+        arch["layers"] * sum(per[n] for n in every)
+        + arch["full_layers"] * sum(per[n] for n in attention)
+        + arch["linear_layers"] * sum(per[n] for n in delta)
+    )
 
 
 def estimate_peak_memory(

@@ -25,7 +25,7 @@ from pydantic import Field, field_validator, model_validator
 from vlmjobs.specs.common import PATCH, JobSpec, Strict, existing_path
 
 Format = Literal["auto", "vg", "coco", "jsonl", "regions"]
-Family = Literal["qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe"]
+Family = Literal["qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe", "qwen3_5", "qwen3_5_moe"]
 Task = Literal["dense_caption", "detect", "caption", "extract_json", "custom"]
 
 

@@ -21,7 +21,12 @@ from vlmjobs.specs.common import (
 )
 
 # Leaf module names of Qwen2.5-VL's linear layers (transformers 5), by where they live.
-LANGUAGE_MODULES = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
+# Qwen3.5's gated delta-net (linear attention) layers add theirs; its full-attention layers
+# (one in four) have q/k/v/o_proj.
+LINEAR_ATTENTION_MODULES = {"in_proj_qkv", "in_proj_z", "in_proj_a", "in_proj_b", "out_proj"}
+LANGUAGE_MODULES = {
+    "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj",
+} | LINEAR_ATTENTION_MODULES  # fmt: skip
 # The vision tower's attention is fused (qkv, proj) in every family; its MLP is
 # gate/up/down_proj in Qwen2.5-VL, fc1/fc2 in Qwen2-VL, linear_fc1/linear_fc2 in Qwen3-VL.
 VISION_MODULES = {
@@ -112,7 +117,7 @@ class LoraSpec(Strict):
         unknown = [t for t in targets if t not in KNOWN_MODULES]
         if unknown:
             raise ValueError(
-                f"unknown module name(s) {unknown}; Qwen2.5-VL has {sorted(KNOWN_MODULES)}"
+                f"unknown module name(s) {unknown}; Qwen-VL models have {sorted(KNOWN_MODULES)}"
             )
         return targets
 

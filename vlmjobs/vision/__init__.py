@@ -13,5 +13,6 @@
 | shapes.py     | make_shapes: synthetic dense-captioning data with exact boxes          |
 | family.py     | Family, family_of: what a checkpoint's model_type decides (28/32 px, boxes) |
 | build_family.py | random Qwen2-VL / Qwen3-VL checkpoints (tiny, 2b/4b/8b)              |
+| build_qwen35.py | Qwen3.5's configs (tiny, 9b) and thinking chat template              |
 | quantize.py   | quantize_checkpoint: a pre-quantized nf4 checkpoint (dev quantize)     |
 """

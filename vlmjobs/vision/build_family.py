@@ -7,6 +7,8 @@ the Qwen2.5-VL ones and shares its tokenizer).
 | tiny-qwen3vl     | qwen3_vl   | the same; DeepStack on both layers of its 2-layer LM     |
 | tiny-qwen3vlmoe  | qwen3_vl_moe | the same with 4 experts, top 2 (inference tests)       |
 | qwen3vl-2b/4b/8b | qwen3_vl   | GPU benchmarks: the real architectures, noise weights    |
+| tiny-qwen35, qwen35-9b | qwen3_5 | the same for Qwen3.5 (``vision/build_qwen35.py``)   |
+| tiny-qwen35moe   | qwen3_5_moe | tiny-qwen35 with 4 experts, top 2 (inference tests)  |
 
 The real-size ones use the Qwen3-VL-*-Instruct config.json values.
 
@@ -85,6 +87,9 @@ FAMILY_ARCHS: dict[str, str] = {
     "tiny-qwen3vl": "qwen3_vl",
     "tiny-qwen3vlmoe": "qwen3_vl_moe",
     **{arch: "qwen3_vl" for arch in _QWEN3_TEXT},
+    "tiny-qwen35": "qwen3_5",
+    "qwen35-9b": "qwen3_5",
+    "tiny-qwen35moe": "qwen3_5_moe",
 }
 
 
@@ -121,6 +126,12 @@ def _text_common(vocab_size: int, tied: bool) -> dict[str, Any]:
 def model_config(arch: str) -> PretrainedConfig:
     """The transformers config of ``arch``, token ids of the local tokenizer."""
     family = arch_family(arch)
+    if family.linear_attention:  # Qwen3.5 and its MoE
+        from vlmjobs.vision.build_qwen35 import THINK_TOKENS, qwen35_config
+
+        tiny = arch.startswith("tiny")
+        vocab = BPE_VOCAB + len(SPECIALS) + len(THINK_TOKENS) if tiny else 248320
+        return qwen35_config(arch, _token_ids(), _text_common(vocab, tied=tiny))
     if arch == "tiny-qwen3vlmoe":  # tiny-qwen3vl with every MLP a mixture of 4 experts
         dense = model_config("tiny-qwen3vl").to_dict()
         text, vision = dense.pop("text_config"), dense.pop("vision_config")
@@ -217,6 +228,11 @@ def make_family_model(out: Path, arch: str, seed: int = 0, *, device: str = "cpu
     tok = make_tokenizer()
     if family.patch_size == 16:  # Qwen3-VL and its MoE
         tok.chat_template = QWEN3_VL_CHAT_TEMPLATE
+    if family.linear_attention:  # Qwen3.5 and its MoE
+        from vlmjobs.vision.build_qwen35 import QWEN3_5_CHAT_TEMPLATE, THINK_TOKENS
+
+        tok.add_tokens(THINK_TOKENS)  # ids right after the specials, as in the config's vocab
+        tok.chat_template = QWEN3_5_CHAT_TEMPLATE
     model = random_family_model(arch, seed=seed, device=device)
     model.generation_config = generation_config()
     model.save_pretrained(out)

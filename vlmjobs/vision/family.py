@@ -13,6 +13,8 @@ generation engine (whether the static-KV-cache decoder runs it):
 | qwen2_5_vl  | 14 x 2 = 28   | pixels of the resized image  | yes           |
 | qwen3_vl    | 16 x 2 = 32   | 0-1000 of the image          | yes           |
 | qwen3_vl_moe| 16 x 2 = 32   | 0-1000 of the image          | no (experts)  |
+| qwen3_5     | 16 x 2 = 32   | 0-1000 of the image          | no (recurrent state) |
+| qwen3_5_moe | 16 x 2 = 32   | 0-1000 of the image          | no (recurrent state, experts) |
 
 Pixel limits are always pinned (``default_min_pixels`` / ``default_max_pixels``:
 256 to 1280 visual tokens per image): Qwen3-VL's processor would otherwise allow
@@ -56,6 +58,9 @@ class Family:
     static_engine: bool
     # Says why the static engine does not run it (logged when infer falls back).
     engine_note: str = ""
+    # Gated delta-net (linear attention) layers beside full attention (Qwen3.5): LoRA may
+    # target their projections (in_proj_qkv, in_proj_z, out_proj, ...).
+    linear_attention: bool = False
 
     @property
     def factor(self) -> int:
@@ -85,7 +90,13 @@ class Family:
         """The transformers generation class (imported on demand: they are heavy)."""
         import transformers
 
-        return getattr(transformers, self.model_class)
+        cls = getattr(transformers, self.model_class, None)
+        if cls is None:  # a transformers older than the family
+            raise ModelLoadError(
+                f"{self.title} ({self.name}) needs transformers' {self.model_class}, which "
+                f"transformers {transformers.__version__} lacks: pip install -U transformers"
+            )
+        return cls
 
 
 _CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -146,6 +157,41 @@ FAMILIES: dict[str, Family] = {
             image_std=(0.5, 0.5, 0.5),
             static_engine=False,
             engine_note=_NO_STATIC.format(title="Qwen3-VL-MoE (expert layers)"),
+        ),
+        # Qwen3.5: Qwen3-VL's vision tower (no DeepStack) and frame, a hybrid language model:
+        # 3 of 4 layers are gated delta-net linear attention, whose per-row recurrent and
+        # convolution state a KV cache cannot hold. Its chat template thinks by default.
+        Family(
+            name="qwen3_5",
+            title="Qwen3.5",
+            model_class="Qwen3_5ForConditionalGeneration",
+            processor_class="Qwen3VLProcessor",
+            patch_size=16,
+            merge_size=2,
+            convention="1000",
+            image_mean=(0.5, 0.5, 0.5),
+            image_std=(0.5, 0.5, 0.5),
+            static_engine=False,
+            engine_note=_NO_STATIC.format(
+                title="Qwen3.5 (gated delta-net layers carry a recurrent state, not a KV cache)"
+            ),
+            linear_attention=True,
+        ),
+        Family(
+            name="qwen3_5_moe",
+            title="Qwen3.5-MoE",
+            model_class="Qwen3_5MoeForConditionalGeneration",
+            processor_class="Qwen3VLProcessor",
+            patch_size=16,
+            merge_size=2,
+            convention="1000",
+            image_mean=(0.5, 0.5, 0.5),
+            image_std=(0.5, 0.5, 0.5),
+            static_engine=False,
+            engine_note=_NO_STATIC.format(
+                title="Qwen3.5-MoE (gated delta-net layers carry a recurrent state; expert layers)"
+            ),
+            linear_attention=True,
         ),
     )
 }

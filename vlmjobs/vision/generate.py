@@ -66,6 +66,10 @@ class Generator:
         self.engine = resolve_engine(engine, model)
         # Why the static engine was not used though asked for (or chosen by auto): logged.
         self.engine_note = static_unsupported(base) if engine != "hf" else None
+        device = next(base.parameters()).device.type
+        slow = slow_kernels(base, device)
+        if slow:
+            self.engine_note = f"{self.engine_note}; {slow}" if self.engine_note else slow
         if self.engine_note:
             log.warning("engine %s: %s", engine, self.engine_note)
         self._static: Any = None  # StaticDecoder, built on first use (allocates the KV cache)
@@ -204,6 +208,28 @@ def static_unsupported(model: Any) -> str | None:
     if family is None:
         return f"model_type {model_type!r} is not a known Qwen-VL family; using generate"
     return None if family.static_engine else family.engine_note
+
+
+def slow_kernels(model: Any, device: str) -> str | None:
+    """What to install when a linear-attention family (Qwen3.5) would run its gated delta-net
+    layers on transformers' PyTorch reference kernels on a GPU (correct, much slower); None
+    when the fast packages import, on a CPU, or for the other families."""
+    from importlib.util import find_spec
+
+    family = FAMILIES.get(getattr(model.config, "model_type", None) or "")
+    if family is None or not family.linear_attention or device != "cuda":
+        return None
+    missing = [pip for pip, mod in _FAST_KERNELS.items() if find_spec(mod) is None]
+    if not missing:
+        return None
+    return (
+        f"{family.title}'s delta-net layers run on transformers' PyTorch reference kernels: "
+        f"pip install {' '.join(missing)} on this GPU host for the fast ones"
+    )
+
+
+# pip package -> module transformers imports for the gated delta-net's fast kernels.
+_FAST_KERNELS = {"flash-linear-attention": "fla", "causal-conv1d": "causal_conv1d"}
 
 
 def stop_token_ids(model: Any, tokenizer: Any) -> list[int]:

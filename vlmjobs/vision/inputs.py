@@ -18,6 +18,8 @@ from PIL import Image
 from transformers import BatchFeature
 
 IGNORE = -100
+# What a thinking template (Qwen3.5) puts before the answer when thinking is off.
+EMPTY_THINK = "<think>\n\n</think>\n\n"
 
 
 def messages_for(
@@ -63,6 +65,9 @@ def build_inputs(
             messages_for(p, system=system, answer=a),
             tokenize=False,
             add_generation_prompt=answers is None,
+            # Qwen3.5's template opens a thinking block unless told not to (its answer would
+            # start with reasoning, not the JSON); the other families' templates ignore it.
+            enable_thinking=False,
         )
         for p, a in zip(prompts, rows, strict=True)
     ]
@@ -74,12 +79,14 @@ def build_inputs(
 
 
 def answer_labels(input_ids: torch.Tensor, attention_mask: torch.Tensor, processor: Any) -> Any:
-    """(B, T) labels: the tokens after the last "<|im_start|>assistant\\n" up to and
-    including the last <|im_end|>; -100 elsewhere (prompt, image, padding)."""
+    """(B, T) labels: the tokens after the last "<|im_start|>assistant\\n" (and an empty
+    thinking block there) up to and including the last <|im_end|>; -100 elsewhere (prompt,
+    image, padding)."""
     tok = processor.tokenizer
     start_id = tok.convert_tokens_to_ids("<|im_start|>")
     end_id = tok.convert_tokens_to_ids("<|im_end|>")
     header = tok.encode("assistant\n", add_special_tokens=False)
+    empty_think = tok.encode(EMPTY_THINK, add_special_tokens=False)
     labels = torch.full_like(input_ids, IGNORE)
     for row, (ids, mask) in enumerate(
         zip(input_ids.tolist(), attention_mask.tolist(), strict=True)
@@ -90,5 +97,7 @@ def answer_labels(input_ids: torch.Tensor, attention_mask: torch.Tensor, process
         begin = starts[-1] + 1 + len(header) if starts else None
         if begin is None or ids[starts[-1] + 1 : begin] != header or not ends or ends[-1] < begin:
             raise ValueError(f"row {row} has no complete assistant turn to label")
+        if ids[begin : begin + len(empty_think)] == empty_think:
+            begin += len(empty_think)  # part of the generation prompt, not of the answer
         labels[row, begin : ends[-1] + 1] = input_ids[row, begin : ends[-1] + 1]
     return labels

@@ -13,6 +13,8 @@ Formats read: fenced (```json) or bare JSON lists of {"bbox_2d" | "box_2d" | "bb
 | "point_2d": [...], "label": ...}; Python-style lists of (phrase, [x1, y1, x2, y2])
 tuples, either quote; plain lines "x1,y1,x2,y2 label"; Qwen-VL / Qwen2-VL tokens
 <|object_ref_start|>phrase<|object_ref_end|><|box_start|>(x1,y1),(x2,y2)<|box_end|>.
+A leading ``<think>...</think>`` block (Qwen3.5 and other thinking models) is skipped: its
+reasoning may quote boxes that are not the answer.
 
 Status: ok (read as written) | repaired (malformed, read entry by entry) |
 truncated (cut off; every complete entry kept) | empty (no text, or an empty
@@ -50,6 +52,7 @@ _LINE = re.compile(
     rf"^\s*[-*]?\s*\(?{_NUM}\s*,\s*{_NUM}\s*,\s*{_NUM}\s*,\s*{_NUM}\s*\)?\s*[:\-]?\s*(.*?)\s*$"
 )
 _TRAILING_COMMA = re.compile(r",\s*([\]}])")
+_THINK = re.compile(r"\s*<think>.*?(</think>|\Z)", re.S)
 
 
 @dataclass
@@ -162,7 +165,10 @@ def parse_json(text: str) -> tuple[Any | None, Status]:
 
 def _read(text: str) -> tuple[list[Any], Status, int]:
     """(raw items, status, entries already dropped) from any supported format."""
-    stripped = text.strip()
+    thinking = _THINK.match(text)
+    if thinking is not None and not thinking.group(1):
+        return [], "truncated", 0  # cut off while still reasoning: no answer yet
+    stripped = text[thinking.end() if thinking else 0 :].strip()
     if not stripped:
         return [], "empty", 0
     if "<|box_start|>" in stripped or "<|object_ref_start|>" in stripped:

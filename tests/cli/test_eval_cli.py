@@ -229,3 +229,29 @@ def test_eval_reads_an_infer_job(
     code, out, err = run_eval("--pred", f"job:{job_id}", "--gt", str(shapes["gt"]), "--json")
     assert code == 0, err
     assert json.loads(out)["results"][0]["metrics"]["AP"] == pytest.approx(1.0)
+
+
+def test_unmatched_phrases_are_listed_and_the_flag_decides(
+    shapes: dict[str, Path], tmp_path: Path
+) -> None:
+    """A confident "purple blob" on every image's first shape: left out by default (AP stays
+    1.0), a false positive with --unmatched fp (AP drops); listed either way."""
+    rows = [json.loads(line) for line in shapes["perfect"].read_text().splitlines()]
+    for row in rows:
+        first = row["regions"][0]
+        row["regions"].append({"bbox": first["bbox"], "phrase": "A purple blob.", "score": 0.99})
+    preds = tmp_path / "blobs.jsonl"
+    preds.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    aps = {}
+    for mode in ("exclude", "fp"):
+        code, out, err = run_eval(
+            "--pred", str(preds), "--gt", str(shapes["gt"]), "--unmatched", mode, "--json"
+        )
+        assert code == 0, err
+        doc = json.loads(out)
+        ranked = doc["results"][0]
+        assert doc["unmatched"] == mode and ranked["regions_unknown_phrase"] == 12
+        assert ranked["unknown_phrases_top"] == [["purple blob", 12]]
+        assert "12 region(s) name no ground-truth category" in err and "'purple blob' x12" in err
+        aps[mode] = ranked["metrics"]["AP"]
+    assert aps["exclude"] == pytest.approx(1.0) and aps["fp"] < 0.9

@@ -52,10 +52,13 @@ def score(
     metric: str,
     *,
     class_agnostic: bool = False,
+    unmatched: str = "exclude",
     embed: Embed | None = None,
 ) -> list[Row]:
     """Rows for ``preds`` (one per ranking for region metrics). ValueError when the truth
-    cannot be scored by ``metric`` (e.g. text targets for a box metric)."""
+    cannot be scored by ``metric`` (e.g. text targets for a box metric). ``unmatched``
+    (coco): regions whose phrase names no category are left out, or charged as false
+    positives (``vlmjobs.eval.coco``)."""
     if metric not in METRICS:
         raise ValueError(f"metric {metric!r} is not one of {', '.join(METRICS)}")
     wants_regions = metric in REGION_METRICS
@@ -72,7 +75,9 @@ def score(
     for ranking in RANKINGS:
         ranked = preds if ranking == "ranked" else confidence_one(preds)
         if metric == "coco":
-            inputs = coco_inputs(truth, ranked, match, class_agnostic=class_agnostic)
+            inputs = coco_inputs(
+                truth, ranked, match, class_agnostic=class_agnostic, unmatched=unmatched
+            )
             rows.append(Row(preds.label, ranking, coco_metrics(inputs), match, inputs.unknown))
             continue
         pairs = [(ranked.regions.get(by_gold.get(g, "")), r) for g, r in truth.regions.items()]

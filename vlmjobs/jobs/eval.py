@@ -136,7 +136,14 @@ def _score(
 
     # DenseCap's phrase vectors on the worker's device (MiniLM is ~20x faster on a GPU).
     embed = minilm_embed(ctx.device) if metric == "densecap" else None
-    rows = score(truth, preds, metric, class_agnostic=spec.class_agnostic, embed=embed)
+    rows = score(
+        truth,
+        preds,
+        metric,
+        class_agnostic=spec.class_agnostic,
+        unmatched=spec.unmatched,
+        embed=embed,
+    )
     ranked = rows[0].metrics
     flat = {f"{k}_conf1": v for k, v in rows[1].metrics.items()} if len(rows) > 1 else {}
     ctx.metrics({**ranked, **flat})
@@ -146,6 +153,8 @@ def _score(
         "metrics_confidence_1": rows[1].metrics if len(rows) > 1 else None,
         "images_matched": len(rows[0].match.pairs),
         "images_without_prediction": len(rows[0].match.unmatched_gt),
+        "regions_unknown_phrase": sum(rows[0].unknown_phrases.values()),
+        "unknown_phrases_top": rows[0].unknown_phrases.most_common(10),
         "predictions": _relative_to_artifacts(predictions),
         "infer": infer_summary,
     }

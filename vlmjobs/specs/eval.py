@@ -34,6 +34,9 @@ class EvalSpec(JobSpec):
     metric: Literal["coco", "densecap", "grounding", "json", "text"] | None = None
     # coco: any phrase may find any box.
     class_agnostic: bool = False
+    # coco: regions whose phrase names no category are left out (exclude) or false positives
+    # of the category of the truth box they overlap most (fp); counted in the result either way.
+    unmatched: Literal["exclude", "fp"] = "exclude"
     # The infer knobs that matter for a score; the task, prompt and pixel limits come from the
     # clean job's manifest (else the adapter's, else dense_caption).
     task: (

@@ -16,7 +16,12 @@ from vlmjobs.eval.coco import coco_inputs, coco_metrics
 from vlmjobs.eval.data import Predictions, Truth
 from vlmjobs.eval.densecap import Embed, densecap_metrics, minilm_embed
 from vlmjobs.eval.images import ImageMatch, match_images
-from vlmjobs.eval.tasks import grounding_metrics, json_metrics, text_metrics
+from vlmjobs.eval.tasks import (
+    grounding_metrics,
+    json_metrics,
+    region_f1_metrics,
+    text_metrics,
+)
 from vlmjobs.vision.regions import Regions
 
 METRICS = ("coco", "densecap", "grounding", "json", "text")
@@ -85,7 +90,9 @@ def score(
             rows.append(Row(preds.label, ranking, grounding_metrics(pairs), match))
         else:
             embed = embed or minilm_embed()
-            rows.append(Row(preds.label, ranking, densecap_metrics(pairs, embed), match))
+            # F1 at IoU 0.5 beside the mAP: the number train's periodic eval reports.
+            found = densecap_metrics(pairs, embed) | region_f1_metrics(pairs)
+            rows.append(Row(preds.label, ranking, found, match))
     return rows
 
 

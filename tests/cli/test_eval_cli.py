@@ -255,3 +255,19 @@ def test_unmatched_phrases_are_listed_and_the_flag_decides(
         assert "12 region(s) name no ground-truth category" in err and "'purple blob' x12" in err
         aps[mode] = ranked["metrics"]["AP"]
     assert aps["exclude"] == pytest.approx(1.0) and aps["fp"] < 0.9
+
+
+def test_images_without_prediction_are_named(shapes: dict[str, Path], tmp_path: Path) -> None:
+    lines = shapes["perfect"].read_text().splitlines()
+    preds = tmp_path / "eleven.jsonl"
+    preds.write_text("\n".join(lines[:-1]) + "\n")
+    code, out, err = run_eval("--pred", str(preds), "--gt", str(shapes["gt"]), "--json")
+    assert code == 0, err
+    ranked = json.loads(out)["results"][0]
+    missing = Path(json.loads(lines[-1])["source"]).relative_to(shapes["root"]).as_posix()
+    assert ranked["images_matched"] == 11 and ranked["images_without_pred_names"] == [missing]
+    assert (
+        f"1 ground-truth images with no prediction (their regions count as missed): {missing}"
+        in err
+    )
+    assert ranked["metrics"]["AR100"] < 1.0  # its boxes count as missed

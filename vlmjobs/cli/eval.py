@@ -16,6 +16,7 @@ from vlmjobs.errors import JobNotFound
 from vlmjobs.eval.coco import UNMATCHED
 from vlmjobs.eval.score import METRICS
 
+COUNTS = {"queries", "detections", "ground_truth"}  # shown as integers
 TOP_UNKNOWN = 10  # the most frequent unknown phrases shown (stderr) and listed (--json)
 
 # The columns of the table (--json has every key).
@@ -150,14 +151,19 @@ def _json_row(row: Any) -> dict[str, Any]:
         "images_matched": len(row.match.pairs),
         "images_unmatched_pred": sorted(row.match.unmatched_pred + row.match.ambiguous),
         "images_without_pred": len(row.match.unmatched_gt),
+        "images_without_pred_names": sorted(row.match.unmatched_gt),
         "regions_unknown_phrase": sum(row.unknown_phrases.values()),
         "unknown_phrases_top": [[p, n] for p, n in row.unknown_phrases.most_common(TOP_UNKNOWN)],
     }
 
 
+def _cell(column: str, value: float) -> str:
+    return f"{value:.0f}" if column in COUNTS else f"{value:.4f}"
+
+
 def _table(rows: list[Any], columns: list[str]) -> str:
     header = ["pred", "ranking", *columns]
-    body = [[row.label, row.ranking, *(f"{row.metrics[c]:.4f}" for c in columns)] for row in rows]
+    body = [[row.label, row.ranking, *(_cell(c, row.metrics[c]) for c in columns)] for row in rows]
     widths = [max(len(str(x)) for x in col) for col in zip(header, *body, strict=True)]
     return "\n".join(
         "  ".join(str(x).ljust(w) for x, w in zip(line, widths, strict=True))

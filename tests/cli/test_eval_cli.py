@@ -176,6 +176,21 @@ def test_comparison_table(shapes: dict[str, Path]) -> None:
             id="wrong-metric",
         ),
         pytest.param(["--pred", "job:999"], "no job 999", id="no-such-job"),
+        pytest.param(
+            ["--pred", "{perfect}", "--metric", "densecap", "--unmatched", "fp"],
+            "--unmatched fp applies to --metric coco only, not densecap",
+            id="unmatched-without-coco",
+        ),
+        pytest.param(
+            ["--pred", "{perfect}", "--metric", "grounding", "--class-agnostic"],
+            "--class-agnostic applies to --metric coco only, not grounding",
+            id="class-agnostic-without-coco",
+        ),
+        pytest.param(
+            ["--pred", "{perfect}", "--class-agnostic", "--unmatched", "exclude"],
+            "nothing is unmatched",
+            id="unmatched-with-class-agnostic",
+        ),
     ],
 )
 def test_bad_input_exits_2_naming_it(

@@ -52,10 +52,8 @@ COLUMNS = {
 @click.option(
     "--unmatched",
     type=click.Choice(UNMATCHED),
-    default="exclude",
-    show_default=True,
-    help="coco: regions whose phrase names no category are left out, or false positives "
-    "of the category of the truth box they overlap most",
+    help="coco: regions whose phrase names no category are left out (exclude, the default), "
+    "or false positives of the category of the truth box they overlap most (fp)",
 )
 @click.option("--json", "as_json", is_flag=True, help="print the scores as JSON")
 @friendly_errors
@@ -64,7 +62,7 @@ def eval_cmd(
     gt: Path,
     metric: str | None,
     class_agnostic: bool,
-    unmatched: str,
+    unmatched: str | None,
     as_json: bool,
 ) -> None:
     """Score predictions against ground truth (images matched by file name).
@@ -79,6 +77,8 @@ def eval_cmd(
 
     truth = _checked(lambda: load_truth(gt), "--gt")
     metric = metric or default_metric(truth)
+    _check_coco_options(metric, class_agnostic, unmatched)
+    unmatched = unmatched or "exclude"
     rows = []
     for ref in preds:
         loaded = _checked(lambda ref=ref: _load_predictions(ref, truth), "--pred")
@@ -102,6 +102,23 @@ def eval_cmd(
         click.echo(json.dumps(doc, indent=2))
         return
     click.echo(_table(rows, COLUMNS[metric]))
+
+
+def _check_coco_options(metric: str, class_agnostic: bool, unmatched: str | None) -> None:
+    """The COCO-only flags: an error rather than a score computed without them."""
+    if metric != "coco" and (class_agnostic or unmatched):
+        flag = "--class-agnostic" if class_agnostic else f"--unmatched {unmatched}"
+        raise click.BadParameter(
+            f"{flag} applies to --metric coco only, not {metric} (densecap's AP_loc is the "
+            "class-agnostic view): drop it or pass --metric coco",
+            param_hint="--metric",
+        )
+    if class_agnostic and unmatched:
+        raise click.BadParameter(
+            f"--unmatched {unmatched} with --class-agnostic: every phrase matches the one "
+            "category there, so nothing is unmatched; drop one of them",
+            param_hint="--unmatched",
+        )
 
 
 def _checked(fn: Any, hint: str) -> Any:

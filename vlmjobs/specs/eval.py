@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, ValidationInfo, field_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from vlmjobs.specs.common import JobSpec, check_job_ref, existing_path, is_job_ref
 from vlmjobs.specs.infer import InferModelSpec
@@ -60,3 +60,14 @@ class EvalSpec(JobSpec):
     @classmethod
     def _root_exists(cls, value: str | None) -> str | None:
         return None if value is None else str(existing_path(value, "image_root"))
+
+    @model_validator(mode="after")
+    def _coco_only_knobs(self) -> EvalSpec:
+        if self.unmatched == "fp" and self.metric not in (None, "coco"):
+            raise ValueError(f"unmatched: fp applies to metric coco only, not {self.metric}")
+        if self.unmatched == "fp" and self.class_agnostic:
+            raise ValueError(
+                "unmatched: fp with class_agnostic: every phrase matches the one category "
+                "there, so nothing is unmatched; drop one of them"
+            )
+        return self

@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import io
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -81,25 +82,14 @@ def coco_inputs(
     ``unmatched``: what regions with a phrase that names no category become (module doc)."""
     if unmatched not in UNMATCHED:
         raise ValueError(f"unmatched {unmatched!r} is not one of {', '.join(UNMATCHED)}")
-    names = sorted(truth.regions)
-    ids = truth.image_ids or {name: i for i, name in enumerate(names, start=1)}
+    ids = truth.image_ids or {name: i for i, name in enumerate(sorted(truth.regions), start=1)}
     cat_names = _categories(truth, class_agnostic)
     by_key = {normalize_phrase(n): i for i, n in cat_names.items()}
 
     def category(phrase: str) -> int | None:
         return 1 if class_agnostic else by_key.get(normalize_phrase(phrase))
 
-    gt_anns: list[dict[str, Any]] = []
-    for name in names:
-        gold = truth.regions[name]
-        for box, phrase in zip(gold.boxes.tolist(), gold.phrases, strict=True):
-            gt_anns.append(coco_annotation(len(gt_anns) + 1, ids[name], category(phrase) or 0, box))
-    gt = {
-        "images": [_image(ids[n], n, truth.sizes.get(n, (0, 0))) for n in names],
-        "categories": [{"id": i, "name": n} for i, n in cat_names.items()],
-        "annotations": [a for a in gt_anns if a["category_id"]],
-    }
-    inputs = CocoInputs(gt, [])
+    inputs = CocoInputs(_truth_document(truth, ids, cat_names, category), [])
     unknown: list[_Unknown] = []
     for pred_name, gt_name in match.pairs.items():
         regions = preds.regions.get(pred_name)
@@ -122,6 +112,26 @@ def coco_inputs(
     if unmatched == "fp":
         _add_false_positives(inputs, unknown)
     return inputs
+
+
+def _truth_document(
+    truth: Truth,
+    ids: dict[str, int],
+    cat_names: dict[int, str],
+    category: Callable[[str], int | None],
+) -> dict[str, Any]:
+    """The truth as a COCO instances document, images in sorted name order."""
+    names = sorted(truth.regions)
+    anns: list[dict[str, Any]] = []
+    for name in names:
+        gold = truth.regions[name]
+        for box, phrase in zip(gold.boxes.tolist(), gold.phrases, strict=True):
+            anns.append(coco_annotation(len(anns) + 1, ids[name], category(phrase) or 0, box))
+    return {
+        "images": [_image(ids[n], n, truth.sizes.get(n, (0, 0))) for n in names],
+        "categories": [{"id": i, "name": n} for i, n in cat_names.items()],
+        "annotations": [a for a in anns if a["category_id"]],
+    }
 
 
 def _categories(truth: Truth, class_agnostic: bool) -> dict[int, str]:

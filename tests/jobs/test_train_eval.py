@@ -10,6 +10,7 @@ import pytest
 
 from vlmjobs.eval.data import Truth, predictions_from_outputs
 from vlmjobs.eval.score import score
+from vlmjobs.eval.tasks import text_metrics
 from vlmjobs.jobs.train_data import Sample
 from vlmjobs.jobs.train_eval import task_metrics
 from vlmjobs.vision.manifest import Manifest
@@ -67,9 +68,19 @@ def test_json_task_metrics(answer: str, expected: dict[str, float]) -> None:
     assert {k: got[k] for k in expected} == pytest.approx(expected)
 
 
-def test_text_task_counts_non_empty_answers() -> None:
-    val = [Sample(Path("x.png"), "p", "a cat", None, (112, 56))] * 2
-    assert task_metrics(val, ["a dog", "  "], manifest("caption")) == {"parse_rate": 0.5}
+def test_text_task_scores_like_the_eval_kind() -> None:
+    """Free text: non-empty answers, and the eval kind's edit distance / exact match."""
+    val = [Sample(Path("x.png"), "p", "a cat", None, (112, 56))] * 3
+    answers = ["a dog", "  ", "a  cat"]
+    got = task_metrics(val, answers, manifest("caption"))
+    # "a dog" is 3 edits from "a cat" (3/5); "" is all 5 (1.0); "a cat" after collapsing: 0.
+    assert got == pytest.approx(
+        {"parse_rate": 2 / 3, "edit_distance": (0.6 + 1.0 + 0.0) / 3, "exact_match": 1 / 3}
+    )
+    assert (
+        got["edit_distance"]
+        == text_metrics(zip(answers, ["a cat"] * 3, strict=True))["edit_distance"]
+    )
 
 
 def one_hot(phrases: list[str]) -> dict[str, np.ndarray]:

@@ -4,8 +4,8 @@ Teacher-forced on the answer tokens: the token-weighted CE of training (no dropo
 token accuracy. Task metrics generate greedily from the prompt alone, parse the answer
 with the task's parser and score it against the target parsed the same way
 (``vlmjobs.eval``, the code the eval kind scores with): regions P/R/F1 at IoU 0.5 with phrase
-match, JSON edit distance and field accuracy, and for every task the parse rate (answers
-read as ok or repaired).
+match, JSON edit distance and field accuracy, free text's edit distance and exact match,
+and for every task the parse rate (answers read as ok or repaired).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from vlmjobs.eval.answers import json_edit_distance, json_field_accuracy, parse_json
-from vlmjobs.eval.tasks import region_f1_metrics
+from vlmjobs.eval.tasks import region_f1_metrics, text_metrics
 from vlmjobs.jobs.train_data import Sample, collate
 from vlmjobs.jobs.train_model import IGNORE, causal_lm
 from vlmjobs.specs.train import TrainSpec
@@ -99,7 +99,9 @@ def task_metrics(val: list[Sample], answers: list[str], manifest: Manifest) -> d
         return region_metrics(val, answers, manifest)
     if parser == "json":
         return json_metrics(val, answers)
-    return {"parse_rate": float(np.mean([bool(a.strip()) for a in answers]))}
+    # Free text: the eval kind's text metric (edit distance, exact match) on the same pairs.
+    texts = text_metrics(zip(answers, [s.answer for s in val], strict=True))
+    return {**texts, "parse_rate": float(np.mean([bool(a.strip()) for a in answers]))}
 
 
 def region_metrics(val: list[Sample], answers: list[str], manifest: Manifest) -> dict[str, float]:

@@ -30,9 +30,9 @@ from vlmjobs.specs.eval import EvalSpec
 def test_coco_only_knobs(fields: dict, error: str | None, tmp_path: Path) -> None:
     truth = tmp_path / "truth.jsonl"
     truth.write_text("")
-    base = {"model": {"path": str(tmp_path)}, "data": str(truth)}
+    base: dict = {"model": {"path": str(tmp_path)}, "data": str(truth)}
     if error is None:
-        assert EvalSpec(**base, **fields).unmatched == "fp"
+        assert EvalSpec.model_validate(base | fields).unmatched == "fp"
         return
     with pytest.raises(ValidationError, match=error):
-        EvalSpec(**base, **fields)
+        EvalSpec.model_validate(base | fields)

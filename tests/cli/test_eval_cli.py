@@ -286,3 +286,24 @@ def test_images_without_prediction_are_named(shapes: dict[str, Path], tmp_path: 
         in err
     )
     assert ranked["metrics"]["AR100"] < 1.0  # its boxes count as missed
+
+
+def test_visual_genome_truth_scores_like_its_regions_jsonl(shapes: dict[str, Path]) -> None:
+    """make-shapes writes one annotation set twice: Visual Genome's region_descriptions.json
+    (images named through image_data.json) and regions.jsonl; both score the same."""
+    scores = []
+    for gt in ("region_descriptions.json", "regions.jsonl"):
+        code, out, err = run_eval(
+            "--pred",
+            str(shapes["perfect"]),
+            "--gt",
+            str(shapes["root"] / gt),
+            "--metric",
+            "coco",
+            "--json",
+        )
+        assert code == 0, err
+        ranked = json.loads(out)["results"][0]
+        assert ranked["images_matched"] == 12 and ranked["images_without_pred_names"] == []
+        scores.append(ranked["metrics"])
+    assert scores[0] == scores[1] and scores[0]["AP"] > 0.5

@@ -9,7 +9,8 @@ label set does). Predictions: every truth box jittered (IoU mostly 0.6-0.95), 10
 with another phrase, 10% dropped, 10% extra random boxes; random confidences. Times cover
 what `vlmjobs eval` does after reading the files: image matching, building COCOeval's
 inputs and running it; for DenseCap, the MiniLM embedding of the distinct phrases (shown
-apart) and the matching. One ranking each (the command runs two: ranked and confidence=1).
+apart) and the matching, and the region P/R/F1 that its rows carry. One ranking each (the
+command runs two: ranked and confidence=1).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from vlmjobs.eval.coco import coco_engine, coco_inputs, coco_metrics  # noqa: E4
 from vlmjobs.eval.data import Predictions, Truth  # noqa: E402
 from vlmjobs.eval.densecap import densecap_metrics, minilm_embed  # noqa: E402
 from vlmjobs.eval.images import match_images  # noqa: E402
+from vlmjobs.eval.tasks import region_f1_metrics  # noqa: E402
 from vlmjobs.vision.regions import Regions  # noqa: E402
 
 COLOURS = "red blue green white black yellow brown grey orange pink purple silver".split()
@@ -110,6 +112,10 @@ def main() -> None:
             t_dense,
             f"mAP {dense['mAP']:.4f}",
         )
+    )
+    f1, t_f1 = timed(lambda: region_f1_metrics(pairs))
+    rows.append(
+        ("region P/R/F1 at IoU 0.5 (densecap rows carry it)", t_f1, f"F1 {f1['region_f1']:.4f}")
     )
     _table(rows)
 

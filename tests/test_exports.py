@@ -133,6 +133,34 @@ def test_zero_predictions_export_is_valid_coco(tmp_path: Path) -> None:
         coco.loadRes([])
 
 
+def test_zero_predictions_export_loads_with_loadres_of_faster_coco_eval(tmp_path: Path) -> None:
+    """faster-coco-eval's loadRes (the `eval` extra) reads the empty detections list that
+    pycocotools' cannot, and its COCOeval agrees with `vlmjobs eval` on the same file."""
+    from faster_coco_eval import COCO as FasterCOCO
+    from faster_coco_eval import COCOeval_faster
+
+    from vlmjobs.eval.coco import STAT_NAMES
+    from vlmjobs.eval.data import load_predictions
+    from vlmjobs.eval.score import score
+
+    doc = to_coco(
+        [output("/data/set/val/a.png", []), output("/data/set/val/b.png", [])], truth=coco_truth(GT)
+    )
+    assert doc["annotations"] == [] and doc["info"]["images_matched"] == 2
+    (tmp_path / "gt.json").write_text(json.dumps(GT))
+    (tmp_path / "empty.coco.json").write_text(json.dumps(doc))
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt = FasterCOCO(str(tmp_path / "gt.json"))
+        evaluator = COCOeval_faster(gt, gt.loadRes(doc["annotations"]), "bbox")
+        evaluator.evaluate()
+        evaluator.accumulate()
+        evaluator.summarize()
+    truth = coco_truth(GT)
+    (ranked, _) = score(truth, load_predictions(tmp_path / "empty.coco.json", truth), "coco")
+    assert [ranked.metrics[k] for k in STAT_NAMES] == pytest.approx(list(evaluator.stats[:12]))
+    assert ranked.metrics["AP"] == 0.0
+
+
 def labelstudio_errors(config: str, tasks: list[dict]) -> list:
     interface = LabelInterface(config)
     return [e for t in tasks for e in interface.validate_prediction(t["predictions"][0], True)]

@@ -48,7 +48,8 @@ def to_coco(
     are numbered by sorted path and there is a category per distinct phrase, sorted.
     ``class_agnostic``: one category, "region", with each phrase kept in ``caption`` (with a
     COCO truth: the truth's first category, as COCOeval's ``useCats=0`` needs a known id).
-    An empty ``annotations`` list is valid COCO, but pycocotools' ``loadRes`` cannot read one.
+    An empty ``annotations`` list is valid COCO: faster-coco-eval's ``loadRes`` and
+    ``vlmjobs eval`` read it; pycocotools' ``loadRes`` fails on any empty list.
     """
     ok = sorted((o for o in outputs if o["status"] == "ok"), key=lambda o: str(o["source"]))
     if truth is not None:

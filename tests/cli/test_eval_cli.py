@@ -176,6 +176,21 @@ def test_comparison_table(shapes: dict[str, Path]) -> None:
             id="wrong-metric",
         ),
         pytest.param(["--pred", "job:999"], "no job 999", id="no-such-job"),
+        pytest.param(
+            ["--pred", "{perfect}", "--metric", "densecap", "--unmatched", "fp"],
+            "--unmatched fp applies to --metric coco only, not densecap",
+            id="unmatched-without-coco",
+        ),
+        pytest.param(
+            ["--pred", "{perfect}", "--metric", "grounding", "--class-agnostic"],
+            "--class-agnostic applies to --metric coco only, not grounding",
+            id="class-agnostic-without-coco",
+        ),
+        pytest.param(
+            ["--pred", "{perfect}", "--class-agnostic", "--unmatched", "exclude"],
+            "nothing is unmatched",
+            id="unmatched-with-class-agnostic",
+        ),
     ],
 )
 def test_bad_input_exits_2_naming_it(
@@ -229,3 +244,66 @@ def test_eval_reads_an_infer_job(
     code, out, err = run_eval("--pred", f"job:{job_id}", "--gt", str(shapes["gt"]), "--json")
     assert code == 0, err
     assert json.loads(out)["results"][0]["metrics"]["AP"] == pytest.approx(1.0)
+
+
+def test_unmatched_phrases_are_listed_and_the_flag_decides(
+    shapes: dict[str, Path], tmp_path: Path
+) -> None:
+    """A confident "purple blob" on every image's first shape: left out by default (AP stays
+    1.0), a false positive with --unmatched fp (AP drops); listed either way."""
+    rows = [json.loads(line) for line in shapes["perfect"].read_text().splitlines()]
+    for row in rows:
+        first = row["regions"][0]
+        row["regions"].append({"bbox": first["bbox"], "phrase": "A purple blob.", "score": 0.99})
+    preds = tmp_path / "blobs.jsonl"
+    preds.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    aps = {}
+    for mode in ("exclude", "fp"):
+        code, out, err = run_eval(
+            "--pred", str(preds), "--gt", str(shapes["gt"]), "--unmatched", mode, "--json"
+        )
+        assert code == 0, err
+        doc = json.loads(out)
+        ranked = doc["results"][0]
+        assert doc["unmatched"] == mode and ranked["regions_unknown_phrase"] == 12
+        assert ranked["unknown_phrases_top"] == [["purple blob", 12]]
+        assert "12 region(s) name no ground-truth category" in err and "'purple blob' x12" in err
+        aps[mode] = ranked["metrics"]["AP"]
+    assert aps["exclude"] == pytest.approx(1.0) and aps["fp"] < 0.9
+
+
+def test_images_without_prediction_are_named(shapes: dict[str, Path], tmp_path: Path) -> None:
+    lines = shapes["perfect"].read_text().splitlines()
+    preds = tmp_path / "eleven.jsonl"
+    preds.write_text("\n".join(lines[:-1]) + "\n")
+    code, out, err = run_eval("--pred", str(preds), "--gt", str(shapes["gt"]), "--json")
+    assert code == 0, err
+    ranked = json.loads(out)["results"][0]
+    missing = Path(json.loads(lines[-1])["source"]).relative_to(shapes["root"]).as_posix()
+    assert ranked["images_matched"] == 11 and ranked["images_without_pred_names"] == [missing]
+    assert (
+        f"1 ground-truth images with no prediction (their regions count as missed): {missing}"
+        in err
+    )
+    assert ranked["metrics"]["AR100"] < 1.0  # its boxes count as missed
+
+
+def test_visual_genome_truth_scores_like_its_regions_jsonl(shapes: dict[str, Path]) -> None:
+    """make-shapes writes one annotation set twice: Visual Genome's region_descriptions.json
+    (images named through image_data.json) and regions.jsonl; both score the same."""
+    scores = []
+    for gt in ("region_descriptions.json", "regions.jsonl"):
+        code, out, err = run_eval(
+            "--pred",
+            str(shapes["perfect"]),
+            "--gt",
+            str(shapes["root"] / gt),
+            "--metric",
+            "coco",
+            "--json",
+        )
+        assert code == 0, err
+        ranked = json.loads(out)["results"][0]
+        assert ranked["images_matched"] == 12 and ranked["images_without_pred_names"] == []
+        scores.append(ranked["metrics"])
+    assert scores[0] == scores[1] and scores[0]["AP"] > 0.5

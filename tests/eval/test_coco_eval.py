@@ -63,10 +63,10 @@ PERFECT = [
 ]
 
 
-def direct(dets: list[tuple], tmp_path: Path) -> list[float]:
+def direct(dets: list[tuple], tmp_path: Path, gt: dict = GT) -> list[float]:
     """pycocotools alone: COCO(file), loadRes(list), COCOeval bbox."""
     path = tmp_path / "gt.json"
-    path.write_text(json.dumps(GT))
+    path.write_text(json.dumps(gt))
     results = [{"image_id": i, "category_id": c, "bbox": b, "score": s} for i, c, b, s in dets]
     with contextlib.redirect_stdout(io.StringIO()):
         coco = COCO(str(path))
@@ -78,9 +78,11 @@ def direct(dets: list[tuple], tmp_path: Path) -> list[float]:
 
 
 def as_outputs(dets: list[tuple], phrase_of: dict[int, str] = CATS) -> list[dict]:
-    """The same detections as vlmjobs outputs: absolute paths, xyxy boxes, phrases."""
-    names = {10: "/data/coco/a.jpg", 20: "/data/coco/sub/b.jpg"}
-    by_image: dict[int, list[dict]] = {10: [], 20: []}
+    """The same detections as vlmjobs outputs: absolute paths, xyxy boxes, phrases
+    (category 3, or any id not in ``phrase_of``, is the phrase "zebra": no category)."""
+    names = {10: "/data/coco/a.jpg", 20: "/data/coco/sub/b.jpg", 30: "/data/coco/c.jpg"}
+    wanted = [i for i in names if i != 30 or any(d[0] == 30 for d in dets)]
+    by_image: dict[int, list[dict]] = {i: [] for i in wanted}
     for i, c, (x, y, w, h), s in dets:
         by_image[i].append(
             {"bbox": [x, y, x + w, y + h], "phrase": phrase_of.get(c, "zebra"), "score": s}
@@ -180,3 +182,69 @@ def test_confidence_one_row_ranks_by_output_order() -> None:
     ranked, flat = score(coco_truth(GT), predictions_from_outputs(as_outputs(dets), "p"), "coco")
     assert (ranked.ranking, flat.ranking) == ("ranked", "confidence=1")
     assert ranked.metrics["AP"] > flat.metrics["AP"]
+
+
+# An image with no ground truth at all, for a region that can be charged to no box.
+GT_EMPTY_IMAGE = {
+    **GT,
+    "images": [*GT["images"], {**GT["images"][0], "id": 30, "file_name": "c.jpg"}],
+}
+FAR = -10_000.0  # pycocotools side: a false positive is a box that overlaps nothing
+
+
+@pytest.mark.parametrize(
+    "dets, as_false_positives, ap_fp",
+    [
+        pytest.param(
+            [*PERFECT, (10, 3, [302, 198, 150, 150], 0.95)],
+            [(10, 2, [FAR, 198, 150, 150], 0.95)],
+            None,
+            id="zebra-on-the-dog-outranks-it",
+        ),
+        pytest.param(
+            [*PERFECT, (20, 3, [500, 400, 20, 20], 0.8)],
+            [(20, 1, [FAR, 400, 20, 20], 0.8)],  # no overlap: the nearest box's class (cat)
+            None,
+            id="zebra-on-background-nearest-box",
+        ),
+        pytest.param(
+            [*PERFECT, (10, 3, [FAR, 0, 10, 10], 0.1)],
+            [(10, 1, [FAR, 0, 10, 10], 0.1)],
+            1.0,
+            id="zebra-ranked-last-costs-nothing",
+        ),
+        pytest.param(
+            [*PERFECT, (30, 3, [0, 0, 100, 100], 0.99)],
+            [(30, 1, [FAR, 0, 100, 100], 0.99), (30, 2, [FAR, 0, 100, 100], 0.99)],
+            None,
+            id="zebra-in-an-image-without-truth-every-category",
+        ),
+    ],
+)
+def test_unmatched_phrases_excluded_or_false_positives(
+    dets: list[tuple], as_false_positives: list[tuple], ap_fp: float | None, tmp_path: Path
+) -> None:
+    """exclude scores as pycocotools on the known detections alone; fp as pycocotools with
+    each unknown one turned into a box of its charged category that overlaps nothing."""
+    truth = coco_truth(GT_EMPTY_IMAGE)
+    preds = predictions_from_outputs(as_outputs(dets), "p")
+    known = [d for d in dets if d[1] in CATS]
+    excluded, _ = score(truth, preds, "coco")
+    charged, _ = score(truth, preds, "coco", unmatched="fp")
+    assert excluded.unknown_phrases == charged.unknown_phrases == {"zebra": len(dets) - len(known)}
+    ours = {
+        k: [row.metrics[s] for s in STAT_NAMES] for k, row in (("x", excluded), ("fp", charged))
+    }
+    np.testing.assert_allclose(ours["x"], direct(known, tmp_path, GT_EMPTY_IMAGE), atol=1e-9)
+    want_fp = direct(known + as_false_positives, tmp_path, GT_EMPTY_IMAGE)
+    np.testing.assert_allclose(ours["fp"], want_fp, atol=1e-9)
+    if ap_fp is None:
+        assert ours["fp"][0] < ours["x"][0]  # the case is built so that the error costs AP
+    else:
+        assert ours["fp"][0] == pytest.approx(ap_fp)
+
+
+def test_unmatched_mode_is_checked() -> None:
+    preds = predictions_from_outputs(as_outputs(PERFECT), "p")
+    with pytest.raises(ValueError, match="'maybe' is not one of exclude, fp"):
+        score(coco_truth(GT), preds, "coco", unmatched="maybe")

@@ -16,7 +16,12 @@ from vlmjobs.eval.coco import coco_inputs, coco_metrics
 from vlmjobs.eval.data import Predictions, Truth
 from vlmjobs.eval.densecap import Embed, densecap_metrics, minilm_embed
 from vlmjobs.eval.images import ImageMatch, match_images
-from vlmjobs.eval.tasks import grounding_metrics, json_metrics, text_metrics
+from vlmjobs.eval.tasks import (
+    grounding_metrics,
+    json_metrics,
+    region_f1_metrics,
+    text_metrics,
+)
 from vlmjobs.vision.regions import Regions
 
 METRICS = ("coco", "densecap", "grounding", "json", "text")
@@ -52,10 +57,13 @@ def score(
     metric: str,
     *,
     class_agnostic: bool = False,
+    unmatched: str = "exclude",
     embed: Embed | None = None,
 ) -> list[Row]:
     """Rows for ``preds`` (one per ranking for region metrics). ValueError when the truth
-    cannot be scored by ``metric`` (e.g. text targets for a box metric)."""
+    cannot be scored by ``metric`` (e.g. text targets for a box metric). ``unmatched``
+    (coco): regions whose phrase names no category are left out, or charged as false
+    positives (``vlmjobs.eval.coco``)."""
     if metric not in METRICS:
         raise ValueError(f"metric {metric!r} is not one of {', '.join(METRICS)}")
     wants_regions = metric in REGION_METRICS
@@ -72,7 +80,9 @@ def score(
     for ranking in RANKINGS:
         ranked = preds if ranking == "ranked" else confidence_one(preds)
         if metric == "coco":
-            inputs = coco_inputs(truth, ranked, match, class_agnostic=class_agnostic)
+            inputs = coco_inputs(
+                truth, ranked, match, class_agnostic=class_agnostic, unmatched=unmatched
+            )
             rows.append(Row(preds.label, ranking, coco_metrics(inputs), match, inputs.unknown))
             continue
         pairs = [(ranked.regions.get(by_gold.get(g, "")), r) for g, r in truth.regions.items()]
@@ -80,7 +90,9 @@ def score(
             rows.append(Row(preds.label, ranking, grounding_metrics(pairs), match))
         else:
             embed = embed or minilm_embed()
-            rows.append(Row(preds.label, ranking, densecap_metrics(pairs, embed), match))
+            # F1 at IoU 0.5 beside the mAP: the number train's periodic eval reports.
+            found = densecap_metrics(pairs, embed) | region_f1_metrics(pairs)
+            rows.append(Row(preds.label, ranking, found, match))
     return rows
 
 

@@ -1,7 +1,8 @@
-"""Grounding accuracy, JSON field accuracy / exact match, and text edit distance.
+"""Grounding accuracy, region F1, JSON field accuracy / exact match, and text edit distance.
 
 Each takes (prediction, ground truth) pairs, one per ground-truth image; a prediction
-of None (the image was not predicted) scores as wrong.
+of None (the image was not predicted) scores as wrong. Train's periodic evaluation calls
+``region_f1_metrics`` too, so its ``region_f1`` and an eval job's are one computation.
 """
 
 from __future__ import annotations
@@ -11,8 +12,10 @@ from collections.abc import Iterable
 import numpy as np
 
 from vlmjobs.eval.answers import (
+    RegionCounts,
     canonical_json,
     json_field_accuracy,
+    match_regions,
     normalized_edit_distance,
     parse_json,
 )
@@ -41,6 +44,21 @@ def grounding_metrics(pairs: Iterable[tuple[Regions | None, Regions]]) -> dict[s
                 top = candidates[np.argmax(scores[candidates])]
                 correct += bool(iou[top, j] >= GROUNDING_IOU)
     return {"acc@0.5": correct / total if total else float("nan"), "queries": float(total)}
+
+
+def region_f1_metrics(pairs: Iterable[tuple[Regions | None, Regions]]) -> dict[str, float]:
+    """``region_precision``, ``region_recall``, ``region_f1``: micro-averaged over images; a
+    prediction is right when it overlaps an unclaimed truth box at IoU >= 0.5 with the same
+    normalised phrase (``answers.match_regions``). Confidence plays no part."""
+    counts = RegionCounts()
+    for pred, gold in pairs:
+        pred = pred if pred is not None else Regions.empty()
+        counts += match_regions(pred.boxes, pred.phrases, gold.boxes, gold.phrases)
+    return {
+        "region_precision": counts.precision,
+        "region_recall": counts.recall,
+        "region_f1": counts.f1,
+    }
 
 
 def json_metrics(pairs: Iterable[tuple[str | None, str]]) -> dict[str, float]:

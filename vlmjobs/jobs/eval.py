@@ -31,7 +31,7 @@ def run(spec: EvalSpec, ctx: JobContext) -> dict[str, Any]:
     images.parent.mkdir(parents=True, exist_ok=True)
     images.write_text("".join(f"{n}\n" for n in names), encoding="utf-8")
     ctx.event(f"eval: {len(names)} images from {spec.data}")
-    infer_summary = _infer(spec, ctx, images, manifest)
+    infer_summary = _infer(spec, ctx, images, manifest, truth)
     if ctx.should_stop():
         return {"infer": infer_summary, "stopped": True}
     return _score(spec, ctx, truth, infer_summary)
@@ -101,9 +101,18 @@ def _subset(truth: Truth, names: list[str]) -> Truth:
     return out
 
 
-def _infer(spec: EvalSpec, ctx: JobContext, images: Path, manifest: Any) -> dict[str, Any]:
+def _infer(
+    spec: EvalSpec, ctx: JobContext, images: Path, manifest: Any, truth: Truth
+) -> dict[str, Any]:
     from vlmjobs.jobs import infer
 
+    return infer.run(infer_spec(spec, images, manifest, truth), ctx)
+
+
+def infer_spec(spec: EvalSpec, images: Path, manifest: Any, truth: Truth) -> InferSpec:
+    """The infer job an eval job runs over ``images`` (a list file): the clean manifest's
+    prompt, system and pixel limits when the data is a clean job's; ``detect`` without a
+    manifest asks for the truth's categories (COCO) or its distinct phrases."""
     fields: dict[str, Any] = {
         "model": spec.model,
         "inputs": [str(images)],
@@ -117,7 +126,16 @@ def _infer(spec: EvalSpec, ctx: JobContext, images: Path, manifest: Any) -> dict
         # Ask what the data's targets answer, in the frame they were written in.
         fields |= {"prompt": manifest.prompt, "system": manifest.system}
         fields |= {"min_pixels": manifest.min_pixels, "max_pixels": manifest.max_pixels}
-    return infer.run(InferSpec(**fields), ctx)
+    elif fields.get("task") == "detect":
+        names = truth.categories.values() if truth.categories else _phrases(truth)
+        fields["labels"] = sorted(set(names))
+    return InferSpec(**fields)
+
+
+def _phrases(truth: Truth) -> list[str]:
+    from vlmjobs.vision.regions import normalize_phrase
+
+    return [normalize_phrase(p) for regions in truth.regions.values() for p in regions.phrases]
 
 
 def _score(
@@ -136,7 +154,14 @@ def _score(
 
     # DenseCap's phrase vectors on the worker's device (MiniLM is ~20x faster on a GPU).
     embed = minilm_embed(ctx.device) if metric == "densecap" else None
-    rows = score(truth, preds, metric, class_agnostic=spec.class_agnostic, embed=embed)
+    rows = score(
+        truth,
+        preds,
+        metric,
+        class_agnostic=spec.class_agnostic,
+        unmatched=spec.unmatched,
+        embed=embed,
+    )
     ranked = rows[0].metrics
     flat = {f"{k}_conf1": v for k, v in rows[1].metrics.items()} if len(rows) > 1 else {}
     ctx.metrics({**ranked, **flat})
@@ -146,6 +171,8 @@ def _score(
         "metrics_confidence_1": rows[1].metrics if len(rows) > 1 else None,
         "images_matched": len(rows[0].match.pairs),
         "images_without_prediction": len(rows[0].match.unmatched_gt),
+        "regions_unknown_phrase": sum(rows[0].unknown_phrases.values()),
+        "unknown_phrases_top": rows[0].unknown_phrases.most_common(10),
         "predictions": _relative_to_artifacts(predictions),
         "infer": infer_summary,
     }

@@ -3,8 +3,9 @@
 Teacher-forced on the answer tokens: the token-weighted CE of training (no dropout) and
 token accuracy. Task metrics generate greedily from the prompt alone, parse the answer
 with the task's parser and score it against the target parsed the same way
-(``eval/answers.py``): regions P/R/F1 at IoU 0.5 with phrase match, JSON edit distance and
-field accuracy, and for every task the parse rate (answers read as ok or repaired).
+(``vlmjobs.eval``, the code the eval kind scores with): regions P/R/F1 at IoU 0.5 with phrase
+match, JSON edit distance and field accuracy, free text's edit distance and exact match,
+and for every task the parse rate (answers read as ok or repaired).
 """
 
 from __future__ import annotations
@@ -16,13 +17,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from vlmjobs.eval.answers import (
-    RegionCounts,
-    json_edit_distance,
-    json_field_accuracy,
-    match_regions,
-    parse_json,
-)
+from vlmjobs.eval.answers import json_edit_distance, json_field_accuracy, parse_json
+from vlmjobs.eval.tasks import region_f1_metrics, text_metrics
 from vlmjobs.jobs.train_data import Sample, collate
 from vlmjobs.jobs.train_model import IGNORE, causal_lm
 from vlmjobs.specs.train import TrainSpec
@@ -103,13 +99,15 @@ def task_metrics(val: list[Sample], answers: list[str], manifest: Manifest) -> d
         return region_metrics(val, answers, manifest)
     if parser == "json":
         return json_metrics(val, answers)
-    return {"parse_rate": float(np.mean([bool(a.strip()) for a in answers]))}
+    # Free text: the eval kind's text metric (edit distance, exact match) on the same pairs.
+    texts = text_metrics(zip(answers, [s.answer for s in val], strict=True))
+    return {**texts, "parse_rate": float(np.mean([bool(a.strip()) for a in answers]))}
 
 
 def region_metrics(val: list[Sample], answers: list[str], manifest: Manifest) -> dict[str, float]:
-    """Micro-averaged P/R/F1 over the samples; boxes compared in original pixels."""
-    counts = RegionCounts()
-    parsed = 0
+    """Micro-averaged P/R/F1 over the samples, boxes compared in original pixels, by
+    ``vlmjobs.eval.tasks.region_f1_metrics``: the eval kind's computation."""
+    pairs, parsed = [], 0
     convention = manifest.frame_convention
     for sample, answer in zip(val, answers, strict=True):
         size = sample.image_size
@@ -122,18 +120,8 @@ def region_metrics(val: list[Sample], answers: list[str], manifest: Manifest) ->
             sample.answer, input_size=frame, image_size=size, convention=convention
         )
         parsed += pred.status in PARSED
-        counts += match_regions(
-            pred.regions.boxes,
-            list(pred.regions.phrases),
-            gold.regions.boxes,
-            list(gold.regions.phrases),
-        )
-    return {
-        "region_precision": counts.precision,
-        "region_recall": counts.recall,
-        "region_f1": counts.f1,
-        "parse_rate": parsed / len(val),
-    }
+        pairs.append((pred.regions, gold.regions))
+    return {**region_f1_metrics(pairs), "parse_rate": parsed / len(val)}
 
 
 def json_metrics(val: list[Sample], answers: list[str]) -> dict[str, float]:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, ValidationInfo, field_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from vlmjobs.specs.common import JobSpec, check_job_ref, existing_path, is_job_ref
 from vlmjobs.specs.infer import InferModelSpec
@@ -34,8 +34,12 @@ class EvalSpec(JobSpec):
     metric: Literal["coco", "densecap", "grounding", "json", "text"] | None = None
     # coco: any phrase may find any box.
     class_agnostic: bool = False
+    # coco: regions whose phrase names no category are left out (exclude) or false positives
+    # of the category of the truth box they overlap most (fp); counted in the result either way.
+    unmatched: Literal["exclude", "fp"] = "exclude"
     # The infer knobs that matter for a score; the task, prompt and pixel limits come from the
-    # clean job's manifest (else the adapter's, else dense_caption).
+    # clean job's manifest (else the adapter's, else dense_caption). detect asks for the
+    # truth's categories (COCO) or phrases; ground (a phrase per query) is not run here yet.
     task: (
         Literal["dense_caption", "detect", "ground", "extract_json", "caption", "custom"] | None
     ) = None
@@ -57,3 +61,30 @@ class EvalSpec(JobSpec):
     @classmethod
     def _root_exists(cls, value: str | None) -> str | None:
         return None if value is None else str(existing_path(value, "image_root"))
+
+    @model_validator(mode="after")
+    def _one_prompt_per_job(self) -> EvalSpec:
+        # Infer asks one prompt of every image; a referring phrase differs per query.
+        if self.task == "ground":
+            raise ValueError(
+                "task 'ground' is not run by eval jobs yet (each query needs its own phrase): "
+                "run one infer job per phrase (task: ground, phrase: ...) and score them with "
+                "`vlmjobs eval --pred job:ID --gt TRUTH --metric grounding`"
+            )
+        if self.task == "custom" and not is_job_ref(self.data):
+            raise ValueError(
+                "task 'custom' needs its prompt, which an eval job reads from a clean job's "
+                "manifest: set data to that clean job (job:ID)"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _coco_only_knobs(self) -> EvalSpec:
+        if self.unmatched == "fp" and self.metric not in (None, "coco"):
+            raise ValueError(f"unmatched: fp applies to metric coco only, not {self.metric}")
+        if self.unmatched == "fp" and self.class_agnostic:
+            raise ValueError(
+                "unmatched: fp with class_agnostic: every phrase matches the one category "
+                "there, so nothing is unmatched; drop one of them"
+            )
+        return self

@@ -43,6 +43,8 @@ METRIC_MODES: dict[str, Literal["min", "max"]] = {
     "region_recall": "max",
     "json_edit_distance": "min",  # JSON: normalised edit distance to the target
     "json_field_accuracy": "max",  # JSON: share of target fields with the right value
+    "edit_distance": "min",  # free text: normalised edit distance to the target (as `eval`)
+    "exact_match": "max",  # free text: answers equal to the target, whitespace collapsed
     "parse_rate": "max",  # share of generations the task's parser reads as ok/repaired
 }
 
@@ -166,6 +168,8 @@ class EvalSpec(Strict):
         "region_recall",
         "json_edit_distance",
         "json_field_accuracy",
+        "edit_distance",
+        "exact_match",
         "parse_rate",
     ] = "loss"
     # Stop after this many evaluations without improvement; None never stops early.

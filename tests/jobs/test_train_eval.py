@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from vlmjobs.jobs.train_data import Sample
-from vlmjobs.jobs.train_eval import task_metrics
+from vlmjobs.recipes.train.data import Sample
+from vlmjobs.recipes.train.eval import task_metrics
 from vlmjobs.vision.manifest import Manifest
 
 PIXELS = 112 * 56  # a 112x56 image keeps its size: input frame == original frame

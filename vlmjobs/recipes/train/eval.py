@@ -23,8 +23,8 @@ from vlmjobs.eval.answers import (
     match_regions,
     parse_json,
 )
-from vlmjobs.jobs.train_data import Sample, collate
-from vlmjobs.jobs.train_model import IGNORE, causal_lm
+from vlmjobs.recipes.train.data import Sample, collate
+from vlmjobs.recipes.train.model import IGNORE, causal_lm
 from vlmjobs.specs.train import TrainSpec
 from vlmjobs.vision.generate import Generator
 from vlmjobs.vision.inputs import build_inputs

@@ -7,7 +7,7 @@ The set is written in VG's layout (region_descriptions.json + image_data.json +
 VG_100K/<id>.jpg): ~50 regions per image, several overlapping boxes per object
 (jittered copies, IoU mostly 0.5-0.9) with paraphrased phrases drawn from a
 shared vocabulary, so phrases repeat across images as in VG. The pipeline runs
-as the job runs it (``jobs.clean.clean``: read, check image headers, group,
+as the job runs it (``recipes.clean.recipe.clean``: read, check image headers, group,
 embed, cluster, write JSONL), without Celery or a database.
 """
 
@@ -28,8 +28,8 @@ from PIL import Image
 HERE = Path(__file__).resolve().parent
 sys.path[:] = [str(HERE.parent)] + [p for p in sys.path if Path(p or ".").resolve() != HERE]
 
-from vlmjobs.jobs.clean import clean  # noqa: E402
-from vlmjobs.jobs.clean_embed import PhraseVectors, embed_device, load_sentence_model  # noqa: E402
+from vlmjobs.recipes.clean.embed import PhraseVectors, embed_device, load_sentence_model  # noqa: E402
+from vlmjobs.recipes.clean.recipe import clean  # noqa: E402
 from vlmjobs.specs.clean import CleanSpec  # noqa: E402
 
 COLOURS = "red blue green white black yellow brown grey orange pink purple silver".split()

@@ -1,6 +1,6 @@
 """Qwen3-VL on the GPU: infer images/s and train s/sample with peak memory, beside the seeds' way.
 
-Random-weight Qwen3-VL-4B (the real architecture, ``vision.build_family``), the seeds'
+Random-weight Qwen3-VL-4B (the real architecture, ``dev.build_family``), the seeds'
 workload shape: per image 999 visual tokens (grid 1x54x74 of 16 px patches: an 864x1184
 image), 90 prompt tokens; infer forces 256 new tokens, train has a 550-token answer.
 
@@ -11,7 +11,7 @@ image), 90 prompt tokens; infer forces 256 new tokens, train has a 550-token ans
 | train_nf4_bN    | ours: QLoRA r4 on q/v, nf4 loaded from a bf16 checkpoint, micro-batch N   |
 | train_hf_b1     | the seeds' way: same nf4 model, peft defaults, transformers' full-logit loss |
 
-Qwen3.5 (random-weight Qwen3.5-9B, ``vision.build_qwen35``; same workload), on the fallback:
+Qwen3.5 (random-weight Qwen3.5-9B, ``dev.build_qwen35``; same workload), on the fallback:
 
 | config               | what                                                               |
 | -------------------- | ------------------------------------------------------------------ |
@@ -98,7 +98,7 @@ def synthetic(config: Any, rows: int, grid: tuple[int, int, int], answer: int = 
 
 def checkpoint(tiny: bool, model: str = "qwen3vl") -> Path:
     """A saved random-weight checkpoint (train loads it quantizing to nf4, as a job does)."""
-    from vlmjobs.vision.build import make_model
+    from vlmjobs.dev.build import make_model
 
     arch = ARCHS[model][0 if tiny else 1]
     path = WORK / arch
@@ -114,7 +114,7 @@ def q7b_paths() -> tuple[Path, Path]:
 
 def run_prepare() -> dict[str, Any]:
     """The 7B bf16 checkpoint (built on the GPU) and its pre-quantized nf4 copy."""
-    from vlmjobs.vision.build import make_model
+    from vlmjobs.dev.build import make_model
     from vlmjobs.vision.quantize import quantize_checkpoint
 
     bf16, nf4 = q7b_paths()
@@ -170,7 +170,7 @@ def run_infer(
 ) -> dict[str, Any]:
     from transformers import AutoTokenizer, BatchFeature
 
-    from vlmjobs.vision.build_family import random_family_model
+    from vlmjobs.dev.build_family import random_family_model
     from vlmjobs.vision.generate import Generator
 
     device = "cpu" if tiny else "cuda"
@@ -215,7 +215,7 @@ def run_train(
 ) -> dict[str, Any]:
     from peft import LoraConfig, get_peft_model
 
-    from vlmjobs.jobs.train_model import compute_loss, prepare_model
+    from vlmjobs.recipes.train.model import compute_loss, prepare_model
     from vlmjobs.specs.common import ModelSpec
     from vlmjobs.specs.train import TrainSpec
     from vlmjobs.vision.model import load_model

@@ -62,7 +62,7 @@ def synthetic_batch(config, rows: int, grid: tuple[int, int, int], seed: int = 0
 def tokenizer():
     from transformers import AutoTokenizer
 
-    from vlmjobs.vision.build import make_tokenizer
+    from vlmjobs.dev.build import make_tokenizer
 
     path = WORK / "tokenizer"
     if not (path / "tokenizer_config.json").exists():
@@ -72,7 +72,7 @@ def tokenizer():
 
 def random_model(arch: str, device: str, fp32: bool = False):
     """Random weights straight on the device (3b: bf16; tiny: fp32), no checkpoint on disk."""
-    from vlmjobs.vision import build
+    from vlmjobs.dev import build
 
     dtype = torch.float32 if fp32 else None
     return build.random_model(arch, device=device, dtype=dtype, attn_implementation="sdpa").eval()
@@ -80,8 +80,8 @@ def random_model(arch: str, device: str, fp32: bool = False):
 
 def quantized_7b():
     """The real path: a saved 7B checkpoint, quantized to nf4 while loading (vision.model)."""
+    from vlmjobs.dev.build import make_model
     from vlmjobs.specs.common import ModelSpec
-    from vlmjobs.vision.build import make_model
     from vlmjobs.vision.model import load_model
 
     path = WORK / "q7b"

@@ -26,12 +26,12 @@ import zipfile  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from vlmjobs.jobs.infer_inputs import decode_image, iter_items  # noqa: E402
-from vlmjobs.vision.build import make_model  # noqa: E402
+from vlmjobs.dev.build import make_model  # noqa: E402
+from vlmjobs.dev.shapes import make_shapes  # noqa: E402
+from vlmjobs.recipes.infer.inputs import decode_image, iter_items  # noqa: E402
 from vlmjobs.vision.frames import input_size  # noqa: E402
 from vlmjobs.vision.inputs import build_inputs  # noqa: E402
 from vlmjobs.vision.model import load_processor  # noqa: E402
-from vlmjobs.vision.shapes import make_shapes  # noqa: E402
 from vlmjobs.vision.tasks import prompt_for  # noqa: E402
 
 MIN_PIXELS, MAX_PIXELS = 256 * 28 * 28, 1280 * 28 * 28

@@ -17,12 +17,12 @@ numbers), under its own time limit:
 1. make: N synthetic JPEGs of 1036x756 (999 image tokens each at the default pixel
    limits) with ~14 drawn shapes, regions.jsonl, and clean's output format written
    from them (train.jsonl / val.jsonl / manifest.json, via clean_records); then the
-   random-weight checkpoint (``vision.build.make_model``), once.
-2. infer: ``jobs.infer.run(spec, ctx)`` with the worker's real ``WorkerContext`` on a
+   random-weight checkpoint (``dev.build.make_model``), once.
+2. infer: ``recipes.infer.recipe.run(spec, ctx)`` with the worker's real ``WorkerContext`` on a
    fresh SQLite database (job row inserted directly: no broker), bf16, batch 48, 256
    new tokens forced, engine auto. Images/s over the whole job, and steady (after the
    first batch, which captures the CUDA graph and compiles); outputs in the DB.
-3. train: ``jobs.train.run(spec, ctx)`` the same way on that data, nf4, micro-batch 8
+3. train: ``recipes.train.recipe.run(spec, ctx)`` the same way on that data, nf4, micro-batch 8
    and 12, ``--steps`` optimizer steps, a checkpoint at the end. s/sample from the
    job's own per-step metric (steps 2..), and from the wall time between the metric
    rows of step 1 and the last step (data loading, collation, DB writes included).
@@ -94,7 +94,7 @@ def make_data(root: Path, n: int, size: tuple[int, int], shapes: int, pixels: di
     """images/*.jpg + regions.jsonl under ``root``; clean's format under ``root/data``."""
     import numpy as np
 
-    from vlmjobs.jobs.clean_records import chat_record, region_target
+    from vlmjobs.recipes.clean.records import chat_record, region_target
     from vlmjobs.vision.frames import input_size
     from vlmjobs.vision.manifest import Manifest
     from vlmjobs.vision.tasks import DEFAULT_SYSTEM, prompt_for
@@ -129,7 +129,7 @@ def make_data(root: Path, n: int, size: tuple[int, int], shapes: int, pixels: di
 def part_make(args: argparse.Namespace) -> dict:
     import torch
 
-    from vlmjobs.vision.build import make_model
+    from vlmjobs.dev.build import make_model
 
     t = time.time()
     make_model(Path(args.model), "tiny" if args.tiny else "3b", seed=0, device=args.device)
@@ -179,7 +179,7 @@ def run_job(kind: str, spec: Any, device: str, loads: dict) -> tuple[int, dict, 
     """(job id, the recipe's result or error, timings): run(spec, ctx) as the worker does."""
     import torch
 
-    from vlmjobs.jobs import KINDS, resolve
+    from vlmjobs.kinds import KINDS, resolve
     from vlmjobs.worker.context import StopFlags, WorkerContext
 
     lease = new_job(kind, spec)
@@ -228,7 +228,7 @@ def events(job_id: int) -> list[str]:
 def part_infer(args: argparse.Namespace) -> dict:
     from sqlalchemy import func, select
 
-    import vlmjobs.jobs.infer as infer
+    import vlmjobs.recipes.infer.recipe as infer
     from vlmjobs.db.models import Output
     from vlmjobs.db.session import session
     from vlmjobs.specs.infer import InferSpec
@@ -274,7 +274,7 @@ def part_infer(args: argparse.Namespace) -> dict:
 
 
 def part_train(args: argparse.Namespace) -> dict:
-    import vlmjobs.jobs.train as train
+    import vlmjobs.recipes.train.recipe as train
     from vlmjobs import settings
     from vlmjobs.specs.train import TrainSpec
 

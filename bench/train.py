@@ -134,7 +134,7 @@ def build_model(cfg: dict[str, Any], spec: Any, model_dir: Path, device: str) ->
     """The base model with LoRA attached the way ``cfg`` says."""
     from peft import LoraConfig, get_peft_model
 
-    from vlmjobs.jobs.train_model import prepare_model
+    from vlmjobs.recipes.train.model import prepare_model
 
     model = load_base(spec, model_dir, device)
     if cfg.get("hf"):  # the seeds' way: peft defaults, full logits, transformers' loss
@@ -151,7 +151,7 @@ def build_model(cfg: dict[str, Any], spec: Any, model_dir: Path, device: str) ->
 
 def run_one(name: str, model_dir: Path, tiny: bool, steps: int) -> dict[str, Any]:
     """One configuration in this process: load, prepare, time ``steps`` steps after 2 warm-up."""
-    from vlmjobs.jobs.train_model import architecture, compute_loss, estimate_peak_memory
+    from vlmjobs.recipes.train.model import architecture, compute_loss, estimate_peak_memory
 
     cfg = CONFIGS[name]
     device = "cpu" if tiny else "cuda"
@@ -217,7 +217,7 @@ def phase_times(model: Any, batch: dict, device: str, *, hf: bool) -> dict[str, 
 
 def loss_against_transformers(model: Any, batch: dict) -> float:
     """Our loss minus transformers' (full logits) on the same batch, dropout off."""
-    from vlmjobs.jobs.train_model import compute_loss
+    from vlmjobs.recipes.train.model import compute_loss
 
     model.eval()
     with torch.no_grad():
@@ -294,7 +294,7 @@ def main() -> None:
     t0 = time.time()
     results = []
     if args.tiny:
-        from vlmjobs.vision.build import make_model
+        from vlmjobs.dev.build import make_model
 
         model_dir = make_model(Path(tempfile.mkdtemp()) / "tiny", "tiny")
         names = args.configs.split(",") if args.configs else DEFAULT_TINY

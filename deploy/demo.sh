@@ -20,7 +20,7 @@ vlmjobs() { .venv/bin/vlmjobs "$@"; }
 
 step() { printf '\n== %s\n' "$*"; }
 
-# The demo's pixel frame (vision/pretrain.py): ~112 px images -> 16 image tokens.
+# The demo's pixel frame (dev/pretrain.py): ~112 px images -> 16 image tokens.
 PIXELS=(--set min_pixels=7056 --set max_pixels=19600)
 MODEL_PIXELS=(--set model.min_pixels=7056 --set model.max_pixels=19600)
 PROMPT="Locate every shape."

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import supervision as sv
 
+from vlmjobs.dev.shapes import make_shapes
 from vlmjobs.eval.data import coco_truth
 from vlmjobs.exports import to_coco
-from vlmjobs.vision.shapes import make_shapes
 
 
 @pytest.fixture(scope="module")

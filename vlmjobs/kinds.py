@@ -26,22 +26,22 @@ class Kind:
 KINDS: dict[str, Kind] = {
     k.name: k
     for k in [
-        Kind("clean", "vlmjobs.specs.clean:CleanSpec", "vlmjobs.jobs.clean:run", "cpu"),
+        Kind("clean", "vlmjobs.specs.clean:CleanSpec", "vlmjobs.recipes.clean.recipe:run", "cpu"),
         Kind(
             "train",
             "vlmjobs.specs.train:TrainSpec",
-            "vlmjobs.jobs.train:run",
+            "vlmjobs.recipes.train.recipe:run",
             "gpu",
-            preflight="vlmjobs.jobs.train:preflight",
+            preflight="vlmjobs.recipes.train.recipe:preflight",
         ),
         Kind(
             "infer",
             "vlmjobs.specs.infer:InferSpec",
-            "vlmjobs.jobs.infer:run",
+            "vlmjobs.recipes.infer.recipe:run",
             "gpu",
-            preflight="vlmjobs.jobs.infer_memory:preflight",
+            preflight="vlmjobs.recipes.infer.memory:preflight",
         ),
-        Kind("eval", "vlmjobs.specs.eval:EvalSpec", "vlmjobs.jobs.eval:run", "gpu"),
+        Kind("eval", "vlmjobs.specs.eval:EvalSpec", "vlmjobs.recipes.eval.recipe:run", "gpu"),
     ]
 }
 

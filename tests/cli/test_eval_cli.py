@@ -14,9 +14,9 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from vlmjobs.cli.main import cli
+from vlmjobs.dev.shapes import make_shapes
 from vlmjobs.eval.data import load_truth
 from vlmjobs.exports import to_coco
-from vlmjobs.vision.shapes import make_shapes
 
 
 @pytest.fixture(scope="module")

@@ -21,8 +21,8 @@ import pytest
 import yaml
 from PIL import Image, ImageDraw
 
-from vlmjobs.vision.build import make_model
-from vlmjobs.vision.shapes import make_shapes
+from vlmjobs.dev.build import make_model
+from vlmjobs.dev.shapes import make_shapes
 
 CHROMIUM = Path("/usr/bin/chromium")
 TOKEN = "s3cret-for-tests"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from vlmjobs.jobs.clean_dedup import (
+from vlmjobs.recipes.clean.dedup import (
     Kept,
     cluster_embeddings,
     dedup_regions,
@@ -137,7 +137,7 @@ def test_tree_cut_matches_scipy_fcluster(method, seed):
     from scipy.cluster.hierarchy import fcluster, linkage
     from scipy.spatial.distance import pdist, squareform
 
-    from vlmjobs.jobs.clean_dedup import _agglomerate
+    from vlmjobs.recipes.clean.dedup import _agglomerate
 
     points = np.random.default_rng(seed).uniform(0, 1, (40, 2))
     dist = squareform(pdist(points))

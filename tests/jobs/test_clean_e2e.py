@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from vlmjobs.dev.shapes import make_shapes
 from vlmjobs.vision.manifest import Manifest
-from vlmjobs.vision.shapes import make_shapes
 
 pytestmark = pytest.mark.slow
 

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from vlmjobs.errors import DataError
-from vlmjobs.jobs.clean_formats import detect_format, open_source
+from vlmjobs.recipes.clean.formats import detect_format, open_source
 
 
 def _image(path: Path, size: tuple[int, int] = (64, 48)) -> Path:

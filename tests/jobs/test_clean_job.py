@@ -18,8 +18,8 @@ import pytest
 from PIL import Image
 
 from vlmjobs.errors import DataError
-from vlmjobs.jobs.clean import run
-from vlmjobs.jobs.clean_embed import embed_device, load_sentence_model
+from vlmjobs.recipes.clean.embed import embed_device, load_sentence_model
+from vlmjobs.recipes.clean.recipe import run
 from vlmjobs.specs.clean import CleanSpec
 from vlmjobs.vision.frames import input_size
 from vlmjobs.vision.parse import parse_regions
@@ -249,8 +249,8 @@ def test_split_follows_the_seed(tmp_path: Path) -> None:
 
 
 def test_shapes_duplicates_are_removed(tmp_path: Path, minilm: Any) -> None:
+    from vlmjobs.dev.shapes import make_shapes
     from vlmjobs.vision.regions import iou_matrix
-    from vlmjobs.vision.shapes import make_shapes
 
     root = make_shapes(tmp_path / "shapes", n=30, seed=3, duplicates=0.5)
     truth = {
@@ -411,7 +411,7 @@ def test_a_second_run_replaces_the_output(known: Path, tmp_path: Path) -> None:
 
 
 def test_phrase_vectors_cache_and_threshold(minilm: Any) -> None:
-    from vlmjobs.jobs.clean_embed import PhraseVectors
+    from vlmjobs.recipes.clean.embed import PhraseVectors
 
     vectors = PhraseVectors(minilm, batch_size=4, max_cached=3)
     first = vectors.lookup(["man with a red hat", "man wearing a red hat", "tree with leaves"])

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from vlmjobs.jobs.clean_images import check_image, draw_panel, kept_mask, safe_name
-from vlmjobs.jobs.clean_records import assign_splits, cap_regions, reading_order, split_counts
-from vlmjobs.jobs.clean_report import Tally, hist_labels, histogram
+from vlmjobs.recipes.clean.images import check_image, draw_panel, kept_mask, safe_name
+from vlmjobs.recipes.clean.records import assign_splits, cap_regions, reading_order, split_counts
+from vlmjobs.recipes.clean.report import Tally, hist_labels, histogram
 from vlmjobs.render import DROPPED, KEPT, MIN_SIDE
 from vlmjobs.specs.clean import SplitSpec
 

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import numpy as np
 
-from vlmjobs.jobs.clean import clean
-from vlmjobs.jobs.eval import _clean_split
+from vlmjobs.dev.shapes import make_shapes
+from vlmjobs.recipes.clean.recipe import clean
+from vlmjobs.recipes.eval.recipe import _clean_split
 from vlmjobs.specs.clean import CleanSpec
 from vlmjobs.vision.regions import iou_matrix, same_phrase
-from vlmjobs.vision.shapes import make_shapes
 
 
 def test_clean_split_is_truth_in_original_pixels(tmp_path: Path) -> None:

@@ -16,11 +16,11 @@ import numpy as np
 import pytest
 import yaml
 
-from vlmjobs.vision.build import make_model
+from vlmjobs.dev.build import make_model
+from vlmjobs.dev.shapes import make_shapes
 from vlmjobs.vision.family import family_of
 from vlmjobs.vision.manifest import Manifest
 from vlmjobs.vision.parse import parse_regions
-from vlmjobs.vision.shapes import make_shapes
 
 pytestmark = pytest.mark.slow
 

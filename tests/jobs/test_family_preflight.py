@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from vlmjobs.dev.build import make_tokenizer
+from vlmjobs.dev.build_family import model_config
 from vlmjobs.errors import DataError, PreflightError
-from vlmjobs.jobs.train import preflight
+from vlmjobs.recipes.train.recipe import preflight
 from vlmjobs.specs.train import TrainSpec
-from vlmjobs.vision.build import make_tokenizer
-from vlmjobs.vision.build_family import model_config
 from vlmjobs.vision.family import FAMILIES
 
 QWEN3 = FAMILIES["qwen3_vl"]

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from vlmjobs.jobs.infer_inputs import (
+from vlmjobs.recipes.infer.inputs import (
     byte_limit,
     count_items,
     decode_image,

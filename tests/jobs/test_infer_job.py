@@ -25,8 +25,8 @@ from sqlalchemy import func, select
 
 from vlmjobs.db.models import Metric, Output
 from vlmjobs.db.session import session
+from vlmjobs.dev.build import make_model
 from vlmjobs.render import MIN_SIDE
-from vlmjobs.vision.build import make_model
 
 pytestmark = pytest.mark.slow
 
@@ -314,9 +314,9 @@ def one_thread() -> Iterator[None]:
 
 @pytest.mark.parametrize("which", ["base", "answering"])
 def test_batched_equals_one_at_a_time(tiny, tmp_path, one_thread, which: str) -> None:
-    from vlmjobs.jobs.infer import Ready, label, prepare
-    from vlmjobs.jobs.infer_inputs import iter_items
-    from vlmjobs.jobs.infer_plan import make_plan
+    from vlmjobs.recipes.infer.inputs import iter_items
+    from vlmjobs.recipes.infer.plan import make_plan
+    from vlmjobs.recipes.infer.recipe import Ready, label, prepare
     from vlmjobs.specs.infer import InferSpec
     from vlmjobs.vision.generate import Generator
     from vlmjobs.vision.model import load_model

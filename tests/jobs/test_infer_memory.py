@@ -7,11 +7,11 @@ from pathlib import Path
 import pytest
 import yaml
 
+from vlmjobs.dev.build import make_model, model_config
 from vlmjobs.errors import PreflightError
-from vlmjobs.jobs.infer_memory import estimate_infer_memory, plan_batch
-from vlmjobs.jobs.train_model import architecture
+from vlmjobs.recipes.infer.memory import estimate_infer_memory, plan_batch
+from vlmjobs.recipes.train.model import architecture
 from vlmjobs.specs.infer import InferSpec
-from vlmjobs.vision.build import make_model, model_config
 
 PROMPT_90_TOKENS = "x" * 120  # text_tokens: 120 / 2 + 30 = 90, the benchmark's prompt
 PIXELS_999_TOKENS = 999 * 28 * 28  # the benchmark's 1036x756 image: 999 image tokens
@@ -102,7 +102,7 @@ def test_submit_refuses_with_exit_2_and_the_arithmetic(vlmjobs_cli, tiny_dir, tm
     images = tmp_path / "images"
     images.mkdir()
     spec = {"kind": "infer", "model": {"path": str(tiny_dir)}, "inputs": [str(images)]}
-    from vlmjobs.jobs.infer_memory import preflight
+    from vlmjobs.recipes.infer.memory import preflight
 
     preflight(spec_for(str(tiny_dir), images))  # the tiny model fits the default 12 GiB
     with pytest.raises(PreflightError, match="estimated peak GPU memory"):
@@ -125,8 +125,8 @@ class Events:
 
 
 def test_worker_preflight_adjusts_the_batch_with_the_plans_pixels(tiny_dir, tmp_path) -> None:
-    from vlmjobs.jobs.infer import preflight
-    from vlmjobs.jobs.infer_plan import make_plan
+    from vlmjobs.recipes.infer.plan import make_plan
+    from vlmjobs.recipes.infer.recipe import preflight
 
     spec = spec_for(str(tiny_dir), tmp_path, batch_size=8)
     plan = make_plan(spec)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from vlmjobs.errors import ModelLoadError
-from vlmjobs.jobs.infer_plan import make_plan, resolve_adapter, schema_errors
+from vlmjobs.recipes.infer.plan import make_plan, resolve_adapter, schema_errors
 from vlmjobs.specs.infer import InferSpec
 from vlmjobs.vision.manifest import Manifest
 from vlmjobs.vision.regions import Regions

@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from vlmjobs.jobs.infer import Unit, _produce
-from vlmjobs.jobs.infer_inputs import iter_items
-from vlmjobs.jobs.infer_plan import make_plan
+from vlmjobs.dev.build import make_model
+from vlmjobs.recipes.infer.inputs import iter_items
+from vlmjobs.recipes.infer.plan import make_plan
+from vlmjobs.recipes.infer.recipe import Unit, _produce
 from vlmjobs.specs.infer import InferSpec
-from vlmjobs.vision.build import make_model
 from vlmjobs.vision.model import load_processor
 
 SIZES = [(300, 60), (60, 60), (200, 200), (90, 120), (300, 300), (56, 56), (140, 70)]
@@ -83,8 +83,8 @@ def test_done_keys_are_skipped_and_limit_counts_them(processor, folder: Path) ->
 _WINDOW_RSS = """
 import queue, resource, sys, threading
 from pathlib import Path
-from vlmjobs.jobs.infer import _produce
-from vlmjobs.jobs.infer_plan import make_plan
+from vlmjobs.recipes.infer.recipe import _produce
+from vlmjobs.recipes.infer.plan import make_plan
 from vlmjobs.specs.infer import InferSpec
 from vlmjobs.vision.model import load_processor
 

@@ -6,8 +6,8 @@ import math
 
 import pytest
 
-from vlmjobs.jobs.infer_score import entry_spans, geometric_mean_prob, region_scores, token_ends
-from vlmjobs.vision.build import make_tokenizer
+from vlmjobs.dev.build import make_tokenizer
+from vlmjobs.recipes.infer.score import entry_spans, geometric_mean_prob, region_scores, token_ends
 from vlmjobs.vision.generate import Generation
 
 ANSWER = (

@@ -19,10 +19,10 @@ from sqlalchemy import select
 
 from vlmjobs.db.models import JobEvent
 from vlmjobs.db.session import session
-from vlmjobs.vision.build import make_model
+from vlmjobs.dev.build import make_model
+from vlmjobs.dev.shapes import make_shapes
 from vlmjobs.vision.family import family_of
 from vlmjobs.vision.manifest import Manifest
-from vlmjobs.vision.shapes import make_shapes
 
 pytestmark = pytest.mark.slow
 

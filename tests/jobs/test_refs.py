@@ -9,7 +9,7 @@ import pytest
 from vlmjobs import settings
 from vlmjobs.db.models import Job, State
 from vlmjobs.db.session import session
-from vlmjobs.jobs.refs import is_job_ref, resolve_job_ref
+from vlmjobs.recipes.refs import is_job_ref, resolve_job_ref
 
 
 def _job(kind: str, state: str, result: dict | None) -> int:
@@ -67,7 +67,7 @@ def test_missing_job(vlmjobs_env: dict[str, str]) -> None:
 def test_train_spec_keeps_the_reference_and_resolves_it(
     vlmjobs_env: dict[str, str], tmp_path: Path
 ) -> None:
-    from vlmjobs.jobs.train_data import data_path
+    from vlmjobs.recipes.train.data import data_path
     from vlmjobs.specs import SpecError, load_spec
 
     data = settings.artifacts_root() / "jobs/1/data"

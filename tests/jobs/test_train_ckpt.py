@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import torch
 
+from vlmjobs.dev.build import make_model
 from vlmjobs.errors import VlmjobsError
-from vlmjobs.jobs import train_ckpt as ckpt
-from vlmjobs.jobs.train_model import prepare_model
+from vlmjobs.recipes.train import checkpoints as ckpt
+from vlmjobs.recipes.train.model import prepare_model
 from vlmjobs.specs.train import TrainSpec
-from vlmjobs.vision.build import make_model
 from vlmjobs.vision.model import load_model
 
 

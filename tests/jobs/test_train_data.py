@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from vlmjobs.errors import DataError
-from vlmjobs.jobs.train_data import (
+from vlmjobs.recipes.train.data import (
     GROUP_WINDOW,
     Sample,
     epoch_batches,

@@ -24,9 +24,9 @@ from test_train_recipe import write_boxes_jsonl
 from vlmjobs import settings
 from vlmjobs.db.models import Checkpoint, JobEvent, Metric
 from vlmjobs.db.session import session
-from vlmjobs.jobs import train_ckpt as ckpt
+from vlmjobs.dev.build import make_model
+from vlmjobs.recipes.train import checkpoints as ckpt
 from vlmjobs.specs.common import ModelSpec
-from vlmjobs.vision.build import make_model
 from vlmjobs.vision.inputs import build_inputs
 from vlmjobs.vision.model import load_model
 

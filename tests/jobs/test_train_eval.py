@@ -11,8 +11,8 @@ import pytest
 from vlmjobs.eval.data import Truth, predictions_from_outputs
 from vlmjobs.eval.score import score
 from vlmjobs.eval.tasks import text_metrics
-from vlmjobs.jobs.train_data import Sample
-from vlmjobs.jobs.train_eval import task_metrics
+from vlmjobs.recipes.train.data import Sample
+from vlmjobs.recipes.train.eval import task_metrics
 from vlmjobs.vision.manifest import Manifest
 from vlmjobs.vision.parse import parse_regions
 

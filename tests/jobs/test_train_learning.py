@@ -21,16 +21,16 @@ import pytest
 import torch
 from test_train_recipe import LocalContext
 
-from vlmjobs.jobs.clean import clean
-from vlmjobs.jobs.train import run
-from vlmjobs.jobs.train_data import load_data
-from vlmjobs.jobs.train_eval import evaluate
-from vlmjobs.jobs.train_model import prepare_model
+from vlmjobs.dev.build import make_model
+from vlmjobs.dev.shapes import make_shapes
+from vlmjobs.recipes.clean.recipe import clean
+from vlmjobs.recipes.train.data import load_data
+from vlmjobs.recipes.train.eval import evaluate
+from vlmjobs.recipes.train.model import prepare_model
+from vlmjobs.recipes.train.recipe import run
 from vlmjobs.specs.clean import CleanSpec
 from vlmjobs.specs.train import TrainSpec
-from vlmjobs.vision.build import make_model
 from vlmjobs.vision.model import load_model
-from vlmjobs.vision.shapes import make_shapes
 
 pytestmark = pytest.mark.slow
 PATCH = 28 * 28

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from vlmjobs.jobs.train_model import (
+from vlmjobs.dev.build import make_model, model_config
+from vlmjobs.recipes.train.model import (
     IGNORE,
     architecture,
     compute_loss,
@@ -20,7 +21,6 @@ from vlmjobs.jobs.train_model import (
     prepare_model,
 )
 from vlmjobs.specs.train import TrainSpec
-from vlmjobs.vision.build import make_model, model_config
 from vlmjobs.vision.model import load_model
 
 GRIDS = [(1, 12, 20), (1, 8, 8)]  # 60 and 16 image tokens; 12x20 spans windows of 4 sizes

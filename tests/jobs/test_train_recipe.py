@@ -15,12 +15,12 @@ import torch
 from PIL import Image, ImageDraw
 from safetensors.torch import load_file
 
+from vlmjobs.dev.build import make_model
 from vlmjobs.errors import PreflightError
-from vlmjobs.jobs import train_ckpt as ckpt
-from vlmjobs.jobs.train import lr_factor, pieces, plan_memory, preflight, run, track_best
-from vlmjobs.jobs.train_data import load_data
+from vlmjobs.recipes.train import checkpoints as ckpt
+from vlmjobs.recipes.train.data import load_data
+from vlmjobs.recipes.train.recipe import lr_factor, pieces, plan_memory, preflight, run, track_best
 from vlmjobs.specs.train import PreflightSpec, TrainSpec
-from vlmjobs.vision.build import make_model
 from vlmjobs.worker.context import swap_in
 
 T = TypeVar("T")
@@ -292,7 +292,7 @@ def test_early_stopping_ends_the_run(tiny_dir: Path, tmp_path: Path) -> None:
 
 
 def test_prefetched_batches_equal_inline_collation(tiny_dir: Path, tmp_path: Path) -> None:
-    from vlmjobs.jobs.train_data import Prefetcher, collate
+    from vlmjobs.recipes.train.data import Prefetcher, collate
     from vlmjobs.vision.model import load_processor
 
     spec = make_spec(tiny_dir, write_boxes_jsonl(tmp_path / "data", 6))
@@ -315,7 +315,7 @@ def test_prefetched_batches_equal_inline_collation(tiny_dir: Path, tmp_path: Pat
 def test_preflight_counts_text_with_the_models_tokenizer(tiny_dir: Path, tmp_path: Path) -> None:
     from transformers import AutoTokenizer
 
-    from vlmjobs.jobs.train import longest_text_tokens
+    from vlmjobs.recipes.train.recipe import longest_text_tokens
 
     spec = make_spec(tiny_dir, write_boxes_jsonl(tmp_path / "data", 6))
     train = load_data(spec).train

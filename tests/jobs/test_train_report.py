@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 from test_train_recipe import LocalContext, make_spec, write_boxes_jsonl
 
-from vlmjobs.jobs.train import run
-from vlmjobs.jobs.train_report import duration, eval_line, step_line
-from vlmjobs.vision.build import make_model
+from vlmjobs.dev.build import make_model
+from vlmjobs.recipes.train.recipe import run
+from vlmjobs.recipes.train.report import duration, eval_line, step_line
 
 VALUES = {"loss": 1.23456, "lr": 2e-4, "grad_norm": 0.8712, "samples_per_s": 12.34, "epoch": 0.5}
 

@@ -6,9 +6,9 @@ import pytest
 import torch
 from test_train_recipe import make_spec, tiny_dir, write_boxes_jsonl  # noqa: F401 (same folder)
 
-from vlmjobs.jobs.train_data import collate_cpu, load_data
-from vlmjobs.jobs.train_model import causal_lm, compute_loss, prepare_model
-from vlmjobs.jobs.train_vision_cache import attach_vision_cache
+from vlmjobs.recipes.train.data import collate_cpu, load_data
+from vlmjobs.recipes.train.model import causal_lm, compute_loss, prepare_model
+from vlmjobs.recipes.train.vision_cache import attach_vision_cache
 from vlmjobs.vision.model import load_model
 
 

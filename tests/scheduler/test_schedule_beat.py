@@ -22,7 +22,7 @@ from sqlalchemy import func, select
 
 from vlmjobs.db.models import Job, Output, Schedule, ScheduleEvent, utcnow
 from vlmjobs.db.session import session
-from vlmjobs.vision.build import make_model
+from vlmjobs.dev.build import make_model
 
 pytestmark = pytest.mark.slow
 EVERY_S = 2

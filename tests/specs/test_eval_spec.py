@@ -48,7 +48,7 @@ def test_coco_only_knobs(fields: dict, error: str | None, tmp_path: Path) -> Non
 def test_detect_asks_for_the_truths_categories(tmp_path: Path) -> None:
     """task detect over a COCO truth: infer is asked for the truth's category names."""
     from vlmjobs.eval.data import coco_truth
-    from vlmjobs.jobs.eval import infer_spec
+    from vlmjobs.recipes.eval.recipe import infer_spec
     from vlmjobs.vision.tasks import prompt_for
 
     truth_file = tmp_path / "instances.json"

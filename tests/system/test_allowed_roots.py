@@ -127,7 +127,7 @@ def images(tree: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 def test_infer_refuses_each_file_outside_roots(images: Path, tree: Path) -> None:
-    from vlmjobs.jobs.infer_inputs import iter_items
+    from vlmjobs.recipes.infer.inputs import iter_items
 
     listing = tree / "allowed" / "list.txt"
     listing.write_text(f"data/in.png\n{tree / 'outside' / 'out.png'}\n")
@@ -140,8 +140,8 @@ def test_infer_refuses_each_file_outside_roots(images: Path, tree: Path) -> None
 
 def test_clean_and_train_refuse_images_outside_roots(images: Path, tree: Path) -> None:
     from vlmjobs.errors import DataError
-    from vlmjobs.jobs.clean_images import check_image
-    from vlmjobs.jobs.train_data import read_samples
+    from vlmjobs.recipes.clean.images import check_image
+    from vlmjobs.recipes.train.data import read_samples
 
     assert check_image(images / "in.png", None)[0] == (8, 8)
     size, (kind, message) = check_image(images / "out.png", None)

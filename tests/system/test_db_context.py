@@ -13,7 +13,7 @@ from vlmjobs.db import lifecycle
 from vlmjobs.db.models import Checkpoint, Job, Output, Region
 from vlmjobs.db.session import current_revision, ensure_schema, get_engine, session
 from vlmjobs.errors import LostOwnership
-from vlmjobs.jobs.context import OutputRecord, RegionRecord
+from vlmjobs.recipes.context import OutputRecord, RegionRecord
 from vlmjobs.scheduler.submit import submit
 from vlmjobs.specs import load_spec
 from vlmjobs.worker.context import StopFlags, WorkerContext

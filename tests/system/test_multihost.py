@@ -291,7 +291,7 @@ def _write_train_data(folder: Path, n: int) -> Path:
 
 
 def _train_config(c: Cluster) -> Path:
-    from vlmjobs.vision.build import make_model
+    from vlmjobs.dev.build import make_model
 
     model = make_model(c.tmp / "models" / "tiny", "tiny", seed=0)
     data = _write_train_data(c.tmp / "inputs", 12)  # 10 train samples -> 5 steps an epoch

@@ -14,8 +14,8 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator
 
-from vlmjobs.jobs.context import JobContext, OutputRecord, RegionRecord
 from vlmjobs.kinds import Kind, register
+from vlmjobs.recipes.context import JobContext, OutputRecord, RegionRecord
 from vlmjobs.specs.common import JobSpec, Strict, existing_path
 
 

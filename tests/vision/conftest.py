@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from vlmjobs.vision.build import make_model
+from vlmjobs.dev.build import make_model
 
 
 @pytest.fixture(scope="session")

@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoConfig, AutoTokenizer, Qwen2_5_VLForConditionalGeneration
 
-from vlmjobs.vision import build
+from vlmjobs.dev import build
 
 
 def test_same_seed_same_weights_other_seed_other_weights(tiny_checkpoint: Path, tmp_path: Path):

@@ -10,9 +10,9 @@ import pytest
 import torch
 from PIL import Image
 
+from vlmjobs.dev.build import make_model
+from vlmjobs.dev.build_family import model_config
 from vlmjobs.specs.common import ModelSpec
-from vlmjobs.vision.build import make_model
-from vlmjobs.vision.build_family import model_config
 from vlmjobs.vision.family import family_of
 from vlmjobs.vision.generate import Generator
 from vlmjobs.vision.inputs import build_inputs

@@ -6,8 +6,8 @@ import pytest
 import torch
 from PIL import Image
 
+from vlmjobs.dev.build import special_ids
 from vlmjobs.specs.common import ModelSpec
-from vlmjobs.vision.build import special_ids
 from vlmjobs.vision.inputs import IGNORE, build_inputs
 from vlmjobs.vision.model import load_model
 

@@ -11,10 +11,10 @@ import pytest
 import torch
 from PIL import Image
 
+from vlmjobs.dev.build import special_ids
 from vlmjobs.errors import ModelLoadError
 from vlmjobs.specs.common import ModelSpec
 from vlmjobs.vision import frames
-from vlmjobs.vision.build import special_ids
 from vlmjobs.vision.inputs import build_inputs
 from vlmjobs.vision.model import ImageOnlyProcessor, has_torchvision, load_model, load_processor
 
@@ -159,7 +159,7 @@ def test_qwen2_vl_checkpoint_loads_with_its_own_class(tiny_checkpoint, tmp_path)
     """Qwen2-VL (0-1000 boxes) shares tokenizer, processor and text config; the class differs."""
     from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration
 
-    from vlmjobs.vision.build import model_config
+    from vlmjobs.dev.build import model_config
 
     text = model_config("tiny").text_config.to_dict()
     for key in ("model_type", "transformers_version", "architectures", "layer_types", "dtype"):

@@ -9,12 +9,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vlmjobs.vision.build import make_tokenizer, random_model
+from vlmjobs.dev.build import make_tokenizer, random_model
+from vlmjobs.dev.pretrain import PretrainPlan, pretrain_on_shapes, shapes_stream
+from vlmjobs.dev.shapes import make_image
 from vlmjobs.vision.frames import input_size
 from vlmjobs.vision.model import load_processor
 from vlmjobs.vision.parse import parse_regions
-from vlmjobs.vision.pretrain import PretrainPlan, pretrain_on_shapes, shapes_stream
-from vlmjobs.vision.shapes import make_image
 
 
 def test_stream_targets_parse_back_to_the_true_boxes() -> None:
@@ -30,7 +30,7 @@ def test_stream_targets_parse_back_to_the_true_boxes() -> None:
 
 
 def test_a_few_steps_train_every_weight(tmp_path: Path) -> None:
-    from vlmjobs.vision.build import _save_preprocessor
+    from vlmjobs.dev.build import _save_preprocessor
 
     plan = PretrainPlan(steps=3, batch_size=2, warmup=1)
     model = random_model("demo")

@@ -14,8 +14,8 @@ from PIL import Image
 from safetensors import safe_open
 
 from vlmjobs.cli.main import cli
+from vlmjobs.dev.build import make_model
 from vlmjobs.specs.common import ModelSpec
-from vlmjobs.vision.build import make_model
 from vlmjobs.vision.inputs import build_inputs
 from vlmjobs.vision.model import load_model
 

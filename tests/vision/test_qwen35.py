@@ -14,13 +14,13 @@ import pytest
 import torch
 from PIL import Image
 
+from vlmjobs.dev.build import make_model
+from vlmjobs.dev.build_family import model_config
 from vlmjobs.errors import ModelLoadError, PreflightError
-from vlmjobs.jobs.train import preflight
-from vlmjobs.jobs.train_model import architecture, lora_params, prepare_model
+from vlmjobs.recipes.train.model import architecture, lora_params, prepare_model
+from vlmjobs.recipes.train.recipe import preflight
 from vlmjobs.specs.common import ModelSpec
 from vlmjobs.specs.train import TrainSpec
-from vlmjobs.vision.build import make_model
-from vlmjobs.vision.build_family import model_config
 from vlmjobs.vision.family import FAMILIES, family_of
 from vlmjobs.vision.generate import Generator, slow_kernels
 from vlmjobs.vision.inputs import build_inputs

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from vlmjobs.vision.shapes import COLOURS, SHAPES, STYLES, make_shapes, size_word
+from vlmjobs.dev.shapes import COLOURS, SHAPES, STYLES, make_shapes, size_word
 
 N = 40
 

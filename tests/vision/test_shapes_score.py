@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from vlmjobs.vision.shapes_score import matched_ious, score_outputs
+from vlmjobs.dev.shapes_score import matched_ious, score_outputs
 
 
 @pytest.mark.parametrize(

@@ -11,8 +11,7 @@ import socket
 
 import click
 
-from vlmjobs.cli.jobs import friendly_errors
-from vlmjobs.cli.main import cli
+from vlmjobs.cli.app import cli, friendly_errors
 from vlmjobs.errors import VlmjobsError
 
 DEFAULT_PORT = 8265

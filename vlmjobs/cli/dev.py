@@ -8,8 +8,7 @@ from pathlib import Path
 
 import click
 
-from vlmjobs.cli.jobs import friendly_errors
-from vlmjobs.cli.main import cli
+from vlmjobs.cli.app import cli, friendly_errors
 
 
 @cli.group()
@@ -42,7 +41,7 @@ def dev() -> None:
 )
 def make_model_cmd(out: Path, arch: str, seed: int, device: str) -> None:
     """Write a random-weight Qwen-VL checkpoint to OUT, built offline."""
-    from vlmjobs.vision.build import make_model
+    from vlmjobs.dev.build import make_model
 
     started = time.monotonic()
     path = make_model(out, arch=arch, seed=seed, device=device, log=click.echo)
@@ -105,7 +104,7 @@ def quantize_cmd(model: Path, out: Path, scheme: str, device: str) -> None:
 )
 def make_shapes_cmd(out: Path, n: int, seed: int, duplicates: float, style: str) -> None:
     """Write N synthetic images of coloured shapes with exact boxes to OUT."""
-    from vlmjobs.vision.shapes import make_shapes
+    from vlmjobs.dev.shapes import make_shapes
 
     started = time.monotonic()
     path = make_shapes(out, n=n, seed=seed, duplicates=duplicates, style=style)
@@ -126,7 +125,7 @@ def score_shapes_cmd(job_id: int, truth: Path) -> None:
     F1 at IoU 0.5 with phrase match (as train's evaluation counts it).
     """
     from vlmjobs.cli.results import _infer_job, iter_outputs
-    from vlmjobs.vision.shapes_score import score_outputs
+    from vlmjobs.dev.shapes_score import score_outputs
 
     _infer_job(job_id)
     try:

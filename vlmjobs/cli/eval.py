@@ -10,8 +10,7 @@ from typing import Any
 
 import click
 
-from vlmjobs.cli.jobs import friendly_errors
-from vlmjobs.cli.main import cli
+from vlmjobs.cli.app import cli, friendly_errors
 from vlmjobs.errors import JobNotFound
 from vlmjobs.eval.coco import UNMATCHED
 from vlmjobs.eval.score import METRICS
@@ -130,7 +129,7 @@ def _checked(fn: Any, hint: str) -> Any:
 
 def _load_predictions(ref: str, truth: Any) -> Any:
     from vlmjobs.eval.data import load_predictions, predictions_from_outputs
-    from vlmjobs.jobs.refs import JOB_REF
+    from vlmjobs.recipes.refs import JOB_REF
 
     found = JOB_REF.match(ref)
     if found is None:

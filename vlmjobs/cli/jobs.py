@@ -7,70 +7,25 @@ Errors are one readable message, never a traceback.
 
 from __future__ import annotations
 
-import functools
 import json
 import sys
 import time
-from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import click
 from rich.markup import escape
 from sqlalchemy import desc, select
 
-from vlmjobs import settings
+from vlmjobs.cli.app import cli, friendly_errors
 from vlmjobs.cli.console import styled_state
+from vlmjobs.cli.params import JOB_ID, STATES, check_kind, kinds
 from vlmjobs.cli.view import age, duration, headline_metrics, indent_message, result_lines
 from vlmjobs.db import lifecycle
 from vlmjobs.db.models import TERMINAL, Job, JobEvent
-from vlmjobs.db.session import mask_url, session
-from vlmjobs.errors import ConfigError, JobNotFound, SpecError, VlmjobsError
-
-F = TypeVar("F", bound=Callable[..., Any])
-
-
-def friendly_errors(f: F) -> F:
-    """Turn our errors (and unreachable services) into a message and an exit code."""
-
-    @functools.wraps(f)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        import redis.exceptions
-        import sqlalchemy.exc
-        from kombu.exceptions import OperationalError as KombuOperationalError
-
-        try:
-            return f(*args, **kwargs)
-        except SpecError as e:
-            click.echo("invalid spec:", err=True)
-            for path, msg in e.problems:
-                click.echo(f"  {path}: {msg}", err=True)
-            sys.exit(2)
-        except (JobNotFound, ConfigError) as e:
-            click.echo(f"error: {e}", err=True)
-            sys.exit(2)
-        except VlmjobsError as e:
-            click.echo(f"error: {e}", err=True)
-            sys.exit(1)
-        except (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError) as e:
-            where = mask_url(settings.db_url())  # never the password
-            click.echo(f"error: database {where} unreachable: {e.orig}", err=True)
-            click.echo("check VLMJOBS_DB_URL (or run `vlmjobs up`)", err=True)
-            sys.exit(1)
-        except (redis.exceptions.ConnectionError, KombuOperationalError) as e:
-            where = mask_url(settings.broker_url())
-            click.echo(f"error: broker {where} unreachable: {e}", err=True)
-            click.echo("check VLMJOBS_BROKER_URL (or run `vlmjobs up`)", err=True)
-            sys.exit(1)
-
-    return wrapper  # type: ignore[return-value]
-
-
-# Imported after friendly_errors on purpose: other cli modules import friendly_errors from
-# here while cli.main is importing them, so it must exist before this line runs.
-from vlmjobs.cli.main import cli  # noqa: E402
-from vlmjobs.cli.params import JOB_ID, STATES, check_kind, kinds  # noqa: E402
+from vlmjobs.db.session import session
+from vlmjobs.errors import JobNotFound
 
 
 class _SubmitCommand(click.Command):
@@ -99,8 +54,8 @@ def submit(
     wait: bool,
 ) -> None:
     """Validate a KIND job spec (CONFIG.yaml plus --set overrides) and queue it; prints its id."""
-    from vlmjobs.jobs.refs import resolve_job_ref
     from vlmjobs.kinds import preflight
+    from vlmjobs.recipes.refs import resolve_job_ref
     from vlmjobs.scheduler.submit import submit as submit_job
     from vlmjobs.specs import load_spec
 

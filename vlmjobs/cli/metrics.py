@@ -17,8 +17,7 @@ from typing import TextIO
 
 import click
 
-from vlmjobs.cli.jobs import friendly_errors
-from vlmjobs.cli.main import cli
+from vlmjobs.cli.app import cli, friendly_errors
 from vlmjobs.errors import JobNotFound
 
 

@@ -8,7 +8,7 @@ from typing import IO
 
 import click
 
-from vlmjobs.cli.main import cli
+from vlmjobs.cli.app import cli
 
 _SIZE = re.compile(r"^\s*(-?\d+)\s*[xX]\s*(-?\d+)\s*$")
 

@@ -15,8 +15,7 @@ from typing import Any
 
 import click
 
-from vlmjobs.cli.jobs import friendly_errors
-from vlmjobs.cli.main import cli
+from vlmjobs.cli.app import cli, friendly_errors
 from vlmjobs.cli.params import JOB_ID
 from vlmjobs.db.outputs import iter_outputs
 from vlmjobs.errors import JobNotFound
@@ -28,7 +27,7 @@ from vlmjobs.exports import FORMATS, LS_MODES, export, image_url, labelstudio_co
 def render(outputs: Iterable[dict[str, Any]], out_dir: Path, limit: int | None) -> list[Path]:
     """Draw up to ``limit`` ok outputs onto their images, re-read from the sources (archive
     members too); one PNG each, named ``<n>_<key12>.png``. Returns the written paths."""
-    from vlmjobs.jobs.infer_inputs import decode_image, read_sources
+    from vlmjobs.recipes.infer.inputs import decode_image, read_sources
     from vlmjobs.render import draw_regions
 
     chosen = []

@@ -19,9 +19,8 @@ from typing import Any
 import click
 from sqlalchemy import select
 
+from vlmjobs.cli.app import cli, friendly_errors
 from vlmjobs.cli.console import print_table
-from vlmjobs.cli.jobs import friendly_errors
-from vlmjobs.cli.main import cli
 from vlmjobs.cli.view import indent_message, span
 from vlmjobs.db.models import Job, Schedule, ScheduleEvent, utcnow
 from vlmjobs.db.session import session
@@ -60,8 +59,8 @@ def add_cmd(
     overrides: tuple[str, ...],
 ) -> None:
     """Add schedule NAME running a KIND job (CONFIG.yaml plus --set overrides), validated now."""
-    from vlmjobs.jobs.refs import resolve_job_ref
     from vlmjobs.kinds import preflight
+    from vlmjobs.recipes.refs import resolve_job_ref
     from vlmjobs.scheduler.schedules import add, check_name, check_when
     from vlmjobs.specs import load_spec
 

@@ -21,8 +21,7 @@ from urllib.parse import unquote, urlparse
 import click
 
 from vlmjobs import settings
-from vlmjobs.cli.jobs import friendly_errors
-from vlmjobs.cli.main import cli
+from vlmjobs.cli.app import cli, friendly_errors
 from vlmjobs.errors import VlmjobsError
 
 SERVICES = ("beat", "worker", "dashboard", "redis")

@@ -13,9 +13,8 @@ from typing import Any
 import click
 from sqlalchemy import select
 
+from vlmjobs.cli.app import cli, friendly_errors
 from vlmjobs.cli.console import print_table
-from vlmjobs.cli.jobs import friendly_errors
-from vlmjobs.cli.main import cli
 from vlmjobs.cli.view import age
 from vlmjobs.db.models import Worker, utcnow
 from vlmjobs.db.session import session

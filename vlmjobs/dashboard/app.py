@@ -177,7 +177,7 @@ def _overlay_png(out: dict[str, Any]) -> bytes:
     scaled down to a tile. 404 when the source cannot be read any more."""
     import sys
 
-    from vlmjobs.jobs.infer_inputs import decode_image, read_sources
+    from vlmjobs.recipes.infer.inputs import decode_image, read_sources
     from vlmjobs.render import draw_regions
 
     [(source, data, error)] = list(read_sources([out["source"]]))

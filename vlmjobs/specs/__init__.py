@@ -107,7 +107,7 @@ def validate_spec(
     """Build the spec of ``kind`` from a mapping; SpecError with every problem at once.
 
     ``resolve_job_ref``: checks ``job:ID`` references (submit passes the database lookup
-    of jobs/refs.py); without it a reference is only checked for its form.
+    of recipes/refs.py); without it a reference is only checked for its form.
     """
     cls = spec_class(kind)
     given = data.get("kind", kind)

@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 
 from vlmjobs import settings
 
-# ``job:42``: another job's output as this job's input (resolved in jobs/refs.py).
+# ``job:42``: another job's output as this job's input (resolved in recipes/refs.py).
 JOB_REF = re.compile(r"^job:(\d+)$")
 
 # Qwen2.5-VL sees images in 28x28 pixel patches (14 px patch, 2x2 merge).

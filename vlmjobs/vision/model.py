@@ -152,7 +152,7 @@ def _check_attention(spec: ModelSpec, device: str) -> None:
 
 def _fix_cpu_4bit(model: torch.nn.Module) -> None:
     """Stop bitsandbytes repacking 4-bit weights in place on AVX512-BF16 CPUs: a training
-    step after any no-grad pass then fails (see prepare_model in jobs/train_model.py)."""
+    step after any no-grad pass then fails (see prepare_model in recipes/train/model.py)."""
     import bitsandbytes as bnb
 
     for module in model.modules():

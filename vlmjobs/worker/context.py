@@ -1,4 +1,4 @@
-"""The worker's implementation of ``jobs.context.JobContext``: what a recipe records while it runs.
+"""The worker's ``recipes.context.JobContext``: what a recipe records while it runs.
 
 Writes are small transactions of their own, so a crash loses at most the
 current step. Every one is fenced (``lifecycle.owned``): once this attempt has
@@ -29,7 +29,7 @@ from vlmjobs.db.lifecycle import Lease
 from vlmjobs.db.models import Checkpoint, JobEvent, Metric, Output, Region, utcnow
 from vlmjobs.db.session import get_engine, session
 from vlmjobs.errors import LostOwnership
-from vlmjobs.jobs.context import OutputRecord
+from vlmjobs.recipes.context import OutputRecord
 
 T = TypeVar("T")
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING}
@@ -102,7 +102,7 @@ def close_logger(log: logging.Logger) -> None:
 
 
 class WorkerContext:
-    """One attempt of one job, as seen by its recipe (see ``jobs/context.py`` for the contract)."""
+    """One attempt of one job, as seen by its recipe (the contract: ``recipes/context.py``)."""
 
     def __init__(self, lease: Lease, device: str, flags: StopFlags) -> None:
         self.lease = lease

@@ -1,4 +1,4 @@
-"""The fixed text the local tokenizer is trained on (vision/build.py).
+"""The fixed text the local tokenizer is trained on (dev/build.py).
 
 Fixed forever: changing it changes every tiny checkpoint's token ids. It covers
 what the tiny model reads and writes (shape and colour phrases, digits, JSON

@@ -17,8 +17,8 @@ from typing import Any
 
 from vlmjobs.errors import DataError
 from vlmjobs.eval.data import Truth, load_truth, predictions_from_outputs
-from vlmjobs.jobs.context import JobContext
-from vlmjobs.jobs.refs import is_job_ref, resolve_job_ref
+from vlmjobs.recipes.context import JobContext
+from vlmjobs.recipes.refs import is_job_ref, resolve_job_ref
 from vlmjobs.specs.eval import EvalSpec
 from vlmjobs.specs.infer import InferSpec
 
@@ -53,7 +53,7 @@ def read_truth(spec: EvalSpec) -> tuple[Truth, Any]:
 
 
 def _clean_split(directory: Path, split: str) -> tuple[Truth, Any]:
-    from vlmjobs.jobs.train_data import read_manifest, read_samples
+    from vlmjobs.recipes.train.data import read_manifest, read_samples
     from vlmjobs.vision.parse import parse_regions
     from vlmjobs.vision.tasks import parser_for
 
@@ -104,7 +104,7 @@ def _subset(truth: Truth, names: list[str]) -> Truth:
 def _infer(
     spec: EvalSpec, ctx: JobContext, images: Path, manifest: Any, truth: Truth
 ) -> dict[str, Any]:
-    from vlmjobs.jobs import infer
+    from vlmjobs.recipes.infer import recipe as infer
 
     return infer.run(infer_spec(spec, images, manifest, truth), ctx)
 

@@ -13,7 +13,7 @@ These make the 3B fit a 12 GB card and run faster than the seeds' recipe:
   cross-entropy in chunks, computing the hidden-state gradient in the same pass, so the
   (tokens x 151,936) logits exist one chunk at a time and are never kept for backward.
 
-The recipe (``jobs/train.py``) calls :func:`prepare_model`, :func:`compute_loss` and
+The recipe (``recipes/train/recipe.py``) calls :func:`prepare_model`, :func:`compute_loss` and
 :func:`estimate_peak_memory`; ``bench/train.py`` measures them on the GPU.
 """
 

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from vlmjobs.errors import ModelLoadError
-from vlmjobs.jobs.refs import is_job_ref, resolve_job_ref
+from vlmjobs.recipes.refs import is_job_ref, resolve_job_ref
 from vlmjobs.specs.common import ModelSpec
 from vlmjobs.specs.infer import DedupSpec, InferSpec
 from vlmjobs.vision import tasks
@@ -123,7 +123,7 @@ class Plan:
 
     def _embedding_similarity(self, phrases: list[str]) -> Any:
         """(N, N) cosine similarity of the phrases' MiniLM vectors (cached per phrase)."""
-        from vlmjobs.jobs.clean_embed import PhraseVectors, load_sentence_model
+        from vlmjobs.recipes.clean.embed import PhraseVectors, load_sentence_model
         from vlmjobs.vision.regions import normalize_phrase
 
         if self._vectors is None:

@@ -27,7 +27,7 @@ from PIL import Image
 
 from vlmjobs import settings
 from vlmjobs.errors import DataError
-from vlmjobs.jobs.refs import is_job_ref, resolve_job_ref
+from vlmjobs.recipes.refs import is_job_ref, resolve_job_ref
 from vlmjobs.specs.common import outside_roots
 from vlmjobs.specs.train import TrainSpec
 from vlmjobs.vision.family import Family

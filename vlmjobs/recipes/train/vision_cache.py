@@ -102,7 +102,7 @@ def image_key(pixels: Tensor, grid: list[int]) -> str:
 
 def attach_vision_cache(model: Any, spec: Any) -> VisionCache | None:
     """A cache on the model's vision tower when it is valid (no vision LoRA, cache size > 0)."""
-    from vlmjobs.jobs.train_model import causal_lm
+    from vlmjobs.recipes.train.model import causal_lm
 
     if spec.lora.vision or spec.vision_cache_gib <= 0:
         return None

@@ -29,23 +29,23 @@ from typing import Any, TextIO, TypeVar
 import numpy as np
 
 from vlmjobs.errors import DataError
-from vlmjobs.jobs.clean_dedup import (
+from vlmjobs.recipes.clean.dedup import (
     dedup_regions,
     group_by_iou,
     keys_to_embed,
 )
-from vlmjobs.jobs.clean_embed import PhraseVectors, embed_device, load_sentence_model
-from vlmjobs.jobs.clean_formats import Item, Source, open_source
-from vlmjobs.jobs.clean_images import check_image, draw_panel, safe_name
-from vlmjobs.jobs.clean_records import (
+from vlmjobs.recipes.clean.embed import PhraseVectors, embed_device, load_sentence_model
+from vlmjobs.recipes.clean.formats import Item, Source, open_source
+from vlmjobs.recipes.clean.images import check_image, draw_panel, safe_name
+from vlmjobs.recipes.clean.records import (
     SPLITS,
     assign_splits,
     cap_regions,
     chat_record,
     region_target,
 )
-from vlmjobs.jobs.clean_report import Tally
-from vlmjobs.jobs.context import JobContext
+from vlmjobs.recipes.clean.report import Tally
+from vlmjobs.recipes.context import JobContext
 from vlmjobs.specs.clean import CleanSpec
 from vlmjobs.vision.family import get_family
 from vlmjobs.vision.frames import clip_boxes, valid_mask

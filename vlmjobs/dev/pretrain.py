@@ -2,7 +2,7 @@
 
 A random-weight model never writes a box, so a demo that fine-tunes one shows only
 empty overlays. ``pretrain_on_shapes`` trains every weight of the ``demo``
-architecture on an endless stream of demo-style shapes images (vision/shapes.py),
+architecture on an endless stream of demo-style shapes images (dev/shapes.py),
 with exactly the chat records that clean writes for them: the same system message,
 prompt, pixel frame, reading order and target format. The demo's own train job
 then fine-tunes a LoRA adapter on top, and its held-out scores are measured, not
@@ -24,10 +24,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-from vlmjobs.jobs.clean_records import region_target
+from vlmjobs.dev.shapes import make_image
+from vlmjobs.recipes.clean.records import region_target
 from vlmjobs.vision.frames import input_size
 from vlmjobs.vision.inputs import build_inputs
-from vlmjobs.vision.shapes import make_image
 from vlmjobs.vision.tasks import DEFAULT_SYSTEM
 
 # The demo's pixel frame: its 100-124 px images become 112 x 112 (16 image tokens).

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from vlmjobs.errors import PreflightError
-from vlmjobs.jobs.train_model import (
+from vlmjobs.recipes.train.model import (
     CUDA_CONTEXT_GIB,
     GIB,
     VISION_BYTES_PER_CHANNEL,
@@ -184,11 +184,11 @@ def preflight(spec: InferSpec) -> None:
 def preflight_inputs(spec: InferSpec) -> dict[str, Any]:
     """max_pixels and the prompt text the estimate needs, as submit can know them: the
     spec's (and the adapter directory's manifest); a 'job:42' adapter is not resolved."""
-    from vlmjobs.jobs.refs import is_job_ref
+    from vlmjobs.recipes.refs import is_job_ref
     from vlmjobs.vision import tasks
 
     if spec.model.adapter is None or not is_job_ref(spec.model.adapter):
-        from vlmjobs.jobs.infer_plan import make_plan
+        from vlmjobs.recipes.infer.plan import make_plan
 
         plan = make_plan(spec)
         return {

@@ -19,8 +19,8 @@ from PIL import Image
 
 from vlmjobs.eval.answers import json_edit_distance, json_field_accuracy, parse_json
 from vlmjobs.eval.tasks import region_f1_metrics, text_metrics
-from vlmjobs.jobs.train_data import Sample, collate
-from vlmjobs.jobs.train_model import IGNORE, causal_lm
+from vlmjobs.recipes.train.data import Sample, collate
+from vlmjobs.recipes.train.model import IGNORE, causal_lm
 from vlmjobs.specs.train import TrainSpec
 from vlmjobs.vision.generate import Generator
 from vlmjobs.vision.inputs import build_inputs

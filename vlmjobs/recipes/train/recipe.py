@@ -29,9 +29,9 @@ import torch
 
 from vlmjobs import settings
 from vlmjobs.errors import PreflightError
-from vlmjobs.jobs import train_ckpt as ckpt
-from vlmjobs.jobs.context import JobContext
-from vlmjobs.jobs.train_data import (
+from vlmjobs.recipes.context import JobContext
+from vlmjobs.recipes.train import checkpoints as ckpt
+from vlmjobs.recipes.train.data import (
     Prefetcher,
     Sample,
     TrainData,
@@ -40,15 +40,15 @@ from vlmjobs.jobs.train_data import (
     load_data,
     sample_lengths,
 )
-from vlmjobs.jobs.train_eval import evaluate
-from vlmjobs.jobs.train_model import (
+from vlmjobs.recipes.train.eval import evaluate
+from vlmjobs.recipes.train.model import (
     MemoryEstimate,
     compute_loss,
     estimate_peak_memory,
     prepare_model,
 )
-from vlmjobs.jobs.train_report import Trackers, eval_line, step_line
-from vlmjobs.jobs.train_vision_cache import attach_vision_cache
+from vlmjobs.recipes.train.report import Trackers, eval_line, step_line
+from vlmjobs.recipes.train.vision_cache import attach_vision_cache
 from vlmjobs.specs.train import LINEAR_ATTENTION_MODULES, TrainSpec
 from vlmjobs.vision.manifest import Manifest
 from vlmjobs.vision.model import load_model, model_family

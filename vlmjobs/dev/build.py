@@ -30,7 +30,7 @@ from transformers import (
 )
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
-from vlmjobs.vision.corpus import corpus
+from vlmjobs.dev.corpus import corpus
 
 ARCHS = ("tiny", "demo", "3b", "7b")
 # The BPE merges learned on the corpus; specials are added after them.
@@ -290,11 +290,11 @@ def make_model(
 
     Same ``seed`` -> identical weights and files. 3b/7b are built in bf16 (their real
     dtype; ~7.5 / 16 GB); pass ``device="cuda"`` to build them fast on a GPU. ``demo``
-    is then pre-trained on demo-style shapes (vision/pretrain.py, ~2-3 min on 2 CPU
+    is then pre-trained on demo-style shapes (dev/pretrain.py, ~2-3 min on 2 CPU
     cores, progress to ``log``), so that fine-tuning it briefly yields real boxes.
     """
-    if arch in family_archs():  # Qwen2-VL / Qwen3-VL: vision/build_family.py
-        from vlmjobs.vision.build_family import make_family_model
+    if arch in family_archs():  # Qwen2-VL / Qwen3-VL: dev/build_family.py
+        from vlmjobs.dev.build_family import make_family_model
 
         return make_family_model(out, arch, seed, device=device)
     _check_arch(arch)
@@ -308,8 +308,8 @@ def make_model(
     if arch != "demo":
         _save_preprocessor(out)
         return out
+    from vlmjobs.dev.pretrain import PretrainPlan, pretrain_on_shapes
     from vlmjobs.vision.model import load_processor
-    from vlmjobs.vision.pretrain import PretrainPlan, pretrain_on_shapes
 
     plan = PretrainPlan(seed=seed)
     _save_preprocessor(out, plan.min_pixels, plan.max_pixels)
@@ -332,7 +332,7 @@ def generation_config() -> GenerationConfig:
 
 def family_archs() -> tuple[str, ...]:
     """The other families' archs (tiny-qwen2vl, tiny-qwen3vl, qwen3vl-4b, ...)."""
-    from vlmjobs.vision.build_family import FAMILY_ARCHS
+    from vlmjobs.dev.build_family import FAMILY_ARCHS
 
     return tuple(FAMILY_ARCHS)
 

@@ -1,4 +1,4 @@
-"""Random-weight Qwen2-VL and Qwen3-VL checkpoints, built offline (``vision/build.py`` makes
+"""Random-weight Qwen2-VL and Qwen3-VL checkpoints, built offline (``dev/build.py`` makes
 the Qwen2.5-VL ones and shares its tokenizer).
 
 | arch             | model_type | what for                                                 |
@@ -7,7 +7,7 @@ the Qwen2.5-VL ones and shares its tokenizer).
 | tiny-qwen3vl     | qwen3_vl   | the same; DeepStack on both layers of its 2-layer LM     |
 | tiny-qwen3vlmoe  | qwen3_vl_moe | the same with 4 experts, top 2 (inference tests)       |
 | qwen3vl-2b/4b/8b | qwen3_vl   | GPU benchmarks: the real architectures, noise weights    |
-| tiny-qwen35, qwen35-9b | qwen3_5 | the same for Qwen3.5 (``vision/build_qwen35.py``)   |
+| tiny-qwen35, qwen35-9b | qwen3_5 | the same for Qwen3.5 (``dev/build_qwen35.py``)   |
 | tiny-qwen35moe   | qwen3_5_moe | tiny-qwen35 with 4 experts, top 2 (inference tests)  |
 
 The real-size ones use the Qwen3-VL-*-Instruct config.json values.
@@ -30,7 +30,7 @@ from transformers import (
     Qwen3VLMoeConfig,
 )
 
-from vlmjobs.vision.build import (
+from vlmjobs.dev.build import (
     BPE_VOCAB,
     SPECIALS,
     generation_config,
@@ -127,7 +127,7 @@ def model_config(arch: str) -> PretrainedConfig:
     """The transformers config of ``arch``, token ids of the local tokenizer."""
     family = arch_family(arch)
     if family.linear_attention:  # Qwen3.5 and its MoE
-        from vlmjobs.vision.build_qwen35 import THINK_TOKENS, qwen35_config
+        from vlmjobs.dev.build_qwen35 import THINK_TOKENS, qwen35_config
 
         tiny = arch.startswith("tiny")
         vocab = BPE_VOCAB + len(SPECIALS) + len(THINK_TOKENS) if tiny else 248320
@@ -229,7 +229,7 @@ def make_family_model(out: Path, arch: str, seed: int = 0, *, device: str = "cpu
     if family.patch_size == 16:  # Qwen3-VL and its MoE
         tok.chat_template = QWEN3_VL_CHAT_TEMPLATE
     if family.linear_attention:  # Qwen3.5 and its MoE
-        from vlmjobs.vision.build_qwen35 import QWEN3_5_CHAT_TEMPLATE, THINK_TOKENS
+        from vlmjobs.dev.build_qwen35 import QWEN3_5_CHAT_TEMPLATE, THINK_TOKENS
 
         tok.add_tokens(THINK_TOKENS)  # ids right after the specials, as in the config's vocab
         tok.chat_template = QWEN3_5_CHAT_TEMPLATE

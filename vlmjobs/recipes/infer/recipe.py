@@ -33,11 +33,11 @@ from typing import Any
 
 from PIL import Image
 
-from vlmjobs.jobs.context import JobContext, OutputRecord, RegionRecord
-from vlmjobs.jobs.infer_inputs import RawItem, byte_limit, count_items, decode_image, iter_items
-from vlmjobs.jobs.infer_memory import plan_batch
-from vlmjobs.jobs.infer_plan import Plan, make_plan
-from vlmjobs.jobs.infer_score import region_scores
+from vlmjobs.recipes.context import JobContext, OutputRecord, RegionRecord
+from vlmjobs.recipes.infer.inputs import RawItem, byte_limit, count_items, decode_image, iter_items
+from vlmjobs.recipes.infer.memory import plan_batch
+from vlmjobs.recipes.infer.plan import Plan, make_plan
+from vlmjobs.recipes.infer.score import region_scores
 from vlmjobs.specs.infer import InferSpec
 from vlmjobs.vision import tasks
 from vlmjobs.vision.generate import Generation, Generator

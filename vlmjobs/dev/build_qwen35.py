@@ -1,5 +1,5 @@
 """Random-weight Qwen3.5 checkpoints (``model_type`` ``qwen3_5``), built offline through
-``vision/build_family.py`` (``vlmjobs dev make-model OUT --arch tiny-qwen35 | qwen35-9b``).
+``dev/build_family.py`` (``vlmjobs dev make-model OUT --arch tiny-qwen35 | qwen35-9b``).
 
 | arch           | what for                                                          |
 | -------------- | ----------------------------------------------------------------- |

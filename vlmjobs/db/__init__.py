@@ -1,0 +1,1 @@
+"""The database: tables, engines and upgrades, and every job state change (lifecycle.py)."""

@@ -1,4 +1,4 @@
-"""What a recipe (``jobs/<kind>.py``) may ask of the worker while it runs.
+"""What a recipe (``recipes/<kind>/recipe.py``) may ask of the worker while it runs.
 
 The worker (``worker/context.py``) implements this; recipes only see the
 protocol, so they never touch job state themselves: ``db/lifecycle.py`` moves a

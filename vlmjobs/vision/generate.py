@@ -1,4 +1,4 @@
-"""Batched generation for Qwen2.5-VL: one Generator per loaded model, kept resident by the worker.
+"""Batched generation for every family: one Generator per loaded model, kept resident by the worker.
 
 Two engines give the same greedy token ids on the same inputs:
 

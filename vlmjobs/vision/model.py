@@ -1,4 +1,4 @@
-"""Load a Qwen-VL checkpoint (Qwen2-VL, Qwen2.5-VL, Qwen3-VL) and its processor.
+"""Load a Qwen-VL checkpoint of any family (Qwen2-VL, 2.5-VL, 3-VL, 3.5) and its processor.
 
 The checkpoint's config.json model_type picks the family (vision/family.py), and with it
 the model class, the processor and the pixel frame.

@@ -1,0 +1,1 @@
+"""The worker process: Celery tasks, the run wrapper, and the context a recipe writes through."""

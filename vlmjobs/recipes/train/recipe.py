@@ -1,4 +1,4 @@
-"""The train recipe: QLoRA fine-tuning of Qwen2.5-VL, resumable after any crash.
+"""The train recipe: QLoRA fine-tuning of any family, resumable after any crash.
 
     setup    read the data, preflight the memory, load + prepare the model, build the
              optimizer and schedule, resume from the newest complete checkpoint

@@ -215,7 +215,8 @@ def run_train(
 ) -> dict[str, Any]:
     from peft import LoraConfig, get_peft_model
 
-    from vlmjobs.recipes.train.model import compute_loss, prepare_model
+    from vlmjobs.recipes.train.loss import compute_loss
+    from vlmjobs.recipes.train.model import prepare_model
     from vlmjobs.specs.common import ModelSpec
     from vlmjobs.specs.train import TrainSpec
     from vlmjobs.vision.model import load_model

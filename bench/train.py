@@ -9,7 +9,8 @@ tokens, 550 answer tokens, loss on the answer only. Each configuration runs in i
 process so its peak memory is clean; s/sample is the median step time over steps after
 warm-up, divided by the micro-batch. The seed runs .bench/seed_recipe.py (carry .bench),
 whose `make` writes the random 3B to /tmp/q3b; ours loads the same weights through
-vision.model's quantization settings, then train_model.prepare_model + compute_loss + AdamW.
+vision.model's quantization settings, then train.model.prepare_model +
+train.loss.compute_loss + AdamW.
 Prints a table; writes $OUT/train_bench.json.
 
 The device image lacks pydantic (TrainSpec needs it): carry its wheels, e.g.
@@ -151,7 +152,8 @@ def build_model(cfg: dict[str, Any], spec: Any, model_dir: Path, device: str) ->
 
 def run_one(name: str, model_dir: Path, tiny: bool, steps: int) -> dict[str, Any]:
     """One configuration in this process: load, prepare, time ``steps`` steps after 2 warm-up."""
-    from vlmjobs.recipes.train.model import architecture, compute_loss, estimate_peak_memory
+    from vlmjobs.recipes.train.loss import compute_loss
+    from vlmjobs.recipes.train.memory import architecture, estimate_peak_memory
 
     cfg = CONFIGS[name]
     device = "cpu" if tiny else "cuda"
@@ -217,7 +219,7 @@ def phase_times(model: Any, batch: dict, device: str, *, hf: bool) -> dict[str, 
 
 def loss_against_transformers(model: Any, batch: dict) -> float:
     """Our loss minus transformers' (full logits) on the same batch, dropout off."""
-    from vlmjobs.recipes.train.model import compute_loss
+    from vlmjobs.recipes.train.loss import compute_loss
 
     model.eval()
     with torch.no_grad():

@@ -10,7 +10,7 @@ import yaml
 from vlmjobs.dev.build import make_model, model_config
 from vlmjobs.errors import PreflightError
 from vlmjobs.recipes.infer.memory import estimate_infer_memory, plan_batch
-from vlmjobs.recipes.train.model import architecture
+from vlmjobs.recipes.train.memory import architecture
 from vlmjobs.specs.infer import InferSpec
 
 PROMPT_90_TOKENS = "x" * 120  # text_tokens: 120 / 2 + 30 = 90, the benchmark's prompt

@@ -10,13 +10,11 @@ import pytest
 import torch
 
 from vlmjobs.dev.build import make_model, model_config
+from vlmjobs.recipes.train.loss import compute_loss, linear_cross_entropy
+from vlmjobs.recipes.train.memory import architecture, estimate_peak_memory
 from vlmjobs.recipes.train.model import (
     IGNORE,
-    architecture,
-    compute_loss,
-    estimate_peak_memory,
     group_vision_windows,
-    linear_cross_entropy,
     lora_target_regex,
     prepare_model,
 )

@@ -7,7 +7,8 @@ import torch
 from test_train_recipe import make_spec, tiny_dir, write_boxes_jsonl  # noqa: F401 (same folder)
 
 from vlmjobs.recipes.train.data import collate_cpu, load_data
-from vlmjobs.recipes.train.model import causal_lm, compute_loss, prepare_model
+from vlmjobs.recipes.train.loss import compute_loss
+from vlmjobs.recipes.train.model import causal_lm, prepare_model
 from vlmjobs.recipes.train.vision_cache import attach_vision_cache
 from vlmjobs.vision.model import load_model
 

@@ -17,7 +17,8 @@ from PIL import Image
 from vlmjobs.dev.build import make_model
 from vlmjobs.dev.build_family import model_config
 from vlmjobs.errors import ModelLoadError, PreflightError
-from vlmjobs.recipes.train.model import architecture, lora_params, prepare_model
+from vlmjobs.recipes.train.memory import architecture, lora_params
+from vlmjobs.recipes.train.model import prepare_model
 from vlmjobs.recipes.train.recipe import preflight
 from vlmjobs.specs.common import ModelSpec
 from vlmjobs.specs.train import TrainSpec

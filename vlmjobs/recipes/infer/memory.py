@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from vlmjobs.errors import PreflightError
-from vlmjobs.recipes.train.model import (
+from vlmjobs.recipes.train.memory import (
     CUDA_CONTEXT_GIB,
     GIB,
     VISION_BYTES_PER_CHANNEL,
@@ -68,7 +68,7 @@ def estimate_infer_memory(
     """Peak GPU memory of one batch of ``batch`` images at ``max_pixels`` each.
 
     ``prompt``: the system + user text (its length sets the text tokens); ``arch``: from
-    train_model.architecture, read from ``spec.model.path``'s config.json when None.
+    train.memory.architecture, read from ``spec.model.path``'s config.json when None.
     """
     arch = arch or architecture(_load_config(spec.model.path))
     dtype = DTYPE_BYTES[spec.model.dtype]

@@ -7,7 +7,7 @@
     save     checkpoints (atomic, keep-last-k + best), then the adapter that infer loads
     cleanup  free the model; the result names the adapter
 
-The model side (LoRA attachment, chunked loss, memory estimate) is ``train_model.py``;
+The model side is ``model.py`` (LoRA attachment), ``loss.py`` and ``memory.py``;
 data and batch order ``train_data.py``; checkpoints ``train_ckpt.py``; metrics
 ``eval/answers.py``; the evaluation loop ``train_eval.py``.
 """
@@ -41,12 +41,9 @@ from vlmjobs.recipes.train.data import (
     sample_lengths,
 )
 from vlmjobs.recipes.train.eval import evaluate
-from vlmjobs.recipes.train.model import (
-    MemoryEstimate,
-    compute_loss,
-    estimate_peak_memory,
-    prepare_model,
-)
+from vlmjobs.recipes.train.loss import compute_loss
+from vlmjobs.recipes.train.memory import MemoryEstimate, estimate_peak_memory
+from vlmjobs.recipes.train.model import prepare_model
 from vlmjobs.recipes.train.report import Trackers, eval_line, step_line
 from vlmjobs.recipes.train.vision_cache import attach_vision_cache
 from vlmjobs.specs.train import LINEAR_ATTENTION_MODULES, TrainSpec

@@ -25,7 +25,7 @@ import av
 import numpy as np
 from PIL import Image, ImageDraw
 
-from vlmjobs.vision.shapes import COLOURS, _draw, size_word
+from vlmjobs.vision.shapes import _draw, size_word
 
 SHAPES = ("square", "circle", "triangle", "star")
 PALETTE = ("red", "green", "blue", "black")
@@ -43,6 +43,7 @@ def write_video(path: Path, frames: list[Image.Image], fps: int) -> Path:
         raise ValueError(f"this FFmpeg build has none of the encoders {ENCODERS[suffix]}")
     with av.open(str(path), mode="w") as container:
         stream = container.add_stream(codec, rate=Fraction(fps))
+        assert isinstance(stream, av.video.stream.VideoStream)
         stream.width, stream.height = frames[0].size
         stream.pix_fmt = "yuv420p"
         for image in frames:
@@ -102,9 +103,8 @@ def make_video_frames(
         for m in movers:
             x, y = round(m["xy"][0]), round(m["xy"][1])
             extent = _draw(draw, m["shape"], [x, y, x + m["side"], y + m["side"]], m["colour"])
-            regions.append(
-                {"bbox": extent, "phrase": f"a {size_word(extent, *size)} {m['colour']} {m['shape']}"}
-            )
+            phrase = f"a {size_word(extent, *size)} {m['colour']} {m['shape']}"
+            regions.append({"bbox": extent, "phrase": phrase})
             _step(m, size)
         frames.append(image)
         truth.append(regions)
@@ -112,7 +112,13 @@ def make_video_frames(
 
 
 def make_shape_videos(
-    out: Path, n: int = 4, seed: int = 0, *, seconds: float = 3.0, fps: int = 10, suffix: str = ".mp4"
+    out: Path,
+    n: int = 4,
+    seed: int = 0,
+    *,
+    seconds: float = 3.0,
+    fps: int = 10,
+    suffix: str = ".mp4",
 ) -> Path:
     """Write ``n`` videos and their per-frame truth under ``out`` (layout in the module doc)."""
     if n < 1 or seconds <= 0 or fps < 1:

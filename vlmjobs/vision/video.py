@@ -168,12 +168,12 @@ def iter_clips(
     data: bytes,
     plans: list[ClipPlan],
     *,
-    resize: Callable[[Image.Image], Image.Image] | None = None,
+    resize: Callable[[Image.Image, ClipPlan], Image.Image] | None = None,
 ) -> Iterator[Clip]:
     """Decode ``data`` once, in order, and yield each planned clip as soon as its frames
-    are in (frames shrunk by ``resize`` as they come). A clip whose frames never came (the
-    file ends early) is yielded incomplete: ``clip.complete`` is False. Decoding errors
-    raise VideoError naming the time reached."""
+    are in (frames shrunk by ``resize(image, clip_plan)`` as they come). A clip whose
+    frames never came (the file ends early) is yielded incomplete: ``clip.complete`` is
+    False. Decoding errors raise VideoError naming the time reached."""
     wanted = {i: p for p in plans for i in p.indices}
     clips = {p.index: Clip(p) for p in plans}
     order = [p.index for p in plans]
@@ -191,7 +191,7 @@ def iter_clips(
                 if plan is not None:
                     clip = clips[plan.index]
                     image = frame.to_image()
-                    clip.frames.append(resize(image) if resize else image)
+                    clip.frames.append(resize(image, plan) if resize else image)
                     clip.indices.append(index)
                     clip.times.append(reached)
                 while order and clips[order[0]].complete:
@@ -214,3 +214,25 @@ def _seconds(frame: av.VideoFrame, start: float, index: int, stream: av.video.Vi
         return float(frame.pts * frame.time_base) - start
     rate = stream.average_rate or Fraction(1)
     return index / float(rate)
+
+
+def frames_at(data: bytes, times: list[float]) -> list[Image.Image | None]:
+    """The frame shown at each of ``times`` (seconds; the first frame whose timestamp is at
+    or past it, within a millisecond), in one decoding pass; None past the last frame."""
+    wanted = sorted(set(times))
+    found: dict[float, Image.Image] = {}
+    with _open(data) as container:
+        if not container.streams.video:
+            raise VideoError("no video stream in the file")
+        stream = container.streams.video[0]
+        start = _start_time(stream)
+        try:
+            for index, frame in enumerate(container.decode(stream)):
+                now = _seconds(frame, start, index, stream)
+                while wanted and wanted[0] <= now + 1e-3:
+                    found[wanted.pop(0)] = frame.to_image()
+                if not wanted:
+                    break
+        except av.FFmpegError as e:
+            raise VideoError(f"corrupt video: {e}") from None
+    return [found.get(t) for t in times]

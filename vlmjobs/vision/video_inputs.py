@@ -123,8 +123,8 @@ def build_video_inputs(
         raise ValueError(f"got {len(frames)} frames and {len(times)} times: need one time a frame")
     if len({f.size for f in frames}) != 1:
         raise ValueError("a clip's frames must share one size: resize them with frame_size")
-    image_processor = processor.image_processor
-    pixels, grid = video_pixels(frames, image_processor.image_mean, image_processor.image_std, family)
+    images = processor.image_processor
+    pixels, grid = video_pixels(frames, images.image_mean, images.image_std, family)
     text = processor.apply_chat_template(
         video_messages(prompt, system), tokenize=False, add_generation_prompt=True
     )

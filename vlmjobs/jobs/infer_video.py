@@ -135,17 +135,16 @@ def video_pieces(
     try:
         for clip in iter_clips(raw.data, plans, resize=shrink):
             reached = clip.times[-1] if clip.times else clip.plan.t_start
+            if describe and clip.complete and f"{raw.key}#w{clip.plan.index}" not in done:
+                yield _clip_ready(raw, clip, spec, plan, processor, info)
+            elif not describe:  # every frame that decoded is labeled, a cut clip's too
+                for index, image, t in zip(clip.indices, clip.frames, clip.times, strict=True):
+                    if f"{raw.key}#f{index}" not in done:
+                        yield FrameReady(f"{raw.key}#f{index}", image, size, t)
             if not clip.complete:
                 end = f"{raw.key}#end"
                 yield failed(end, raw.source, _truncated(clip, info), info, t_start=reached)
                 return
-            if describe:
-                if f"{raw.key}#w{clip.plan.index}" not in done:
-                    yield _clip_ready(raw, clip, spec, plan, processor, info)
-            else:
-                for index, image, t in zip(clip.indices, clip.frames, clip.times, strict=True):
-                    if f"{raw.key}#f{index}" not in done:
-                        yield FrameReady(f"{raw.key}#f{index}", image, size, t)
     except VideoError as e:
         yield failed(f"{raw.key}#end", raw.source, f"video: {e}", info, t_start=reached)
 
@@ -168,7 +167,7 @@ def _truncated(clip: Clip, info: VideoInfo) -> str:
     return (
         f"video: truncated or damaged: frames stop at {reached:.2f} s of {info.duration_s:.2f} s "
         f"({len(clip.indices)} of {len(clip.plan.indices)} sampled frames of clip "
-        f"{clip.plan.index}); rows before it are kept"
+        f"{clip.plan.index}); the rows before it are kept"
     )
 
 

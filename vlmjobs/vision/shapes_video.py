@@ -88,11 +88,13 @@ def _step(mover: dict[str, Any], size: tuple[int, int]) -> None:
 
 
 def make_video_frames(
-    seed: int, index: int, *, seconds: float, fps: int
+    seed: int, index: int, *, seconds: float, fps: int, size: tuple[int, int] | None = None
 ) -> tuple[list[Image.Image], list[list[dict[str, Any]]]]:
-    """Video ``index`` of data set ``seed``: its frames and each frame's regions."""
+    """Video ``index`` of data set ``seed``: its frames and each frame's regions; ``size``
+    (w, h, even) or a random 160-320 x 120-240."""
     rng = random.Random(seed * 1_000_033 + index)
-    size = (rng.randint(80, 160) * 2, rng.randint(60, 120) * 2)
+    drawn = (rng.randint(80, 160) * 2, rng.randint(60, 120) * 2)
+    size = size or drawn
     background = tuple(rng.randint(200, 245) for _ in range(3))
     movers = _movers(rng, size)
     frames, truth = [], []

@@ -121,6 +121,13 @@ def test_detect_on_sampled_frames_with_bad_files(
     files = 3 + 1 + 1 + 3  # videos that ran, the tar's, the png, the bad ones
     assert (job.progress_done, job.progress_total) == (files, files)
     check_exports_and_render(job.id, rows, vlmjobs_cli, tmp_path)
+    # The frames are scored against make-shapes' per-frame truth, matched by <video>#t=<s>.
+    truth = videos["folder"].parent / "truth.jsonl"
+    res = vlmjobs_cli("dev", "score-shapes", str(job.id), str(truth))
+    assert res.exit_code == 0 and "mean IoU" in res.output, res.output
+    res = vlmjobs_cli("eval", "--pred", f"job:{job.id}", "--gt", str(truth))
+    assert res.exit_code == 0, res.output
+    assert "8 prediction(s) matched 8 of 40 ground-truth image(s)" in res.output  # 2 videos
 
 
 def check_exports_and_render(job_id: int, rows: list[Output], vlmjobs_cli, tmp_path: Path):

@@ -38,7 +38,7 @@ def clip_file(tmp_path_factory: pytest.TempPathFactory) -> tuple[bytes, list[Ima
     return path.read_bytes(), frames
 
 
-@pytest.fixture(scope="module", params=["tiny", "tiny-qwen3vl"])
+@pytest.fixture(scope="module", params=["tiny", "tiny-qwen2vl", "tiny-qwen3vl"])
 def loaded(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory):
     path = make_model(tmp_path_factory.mktemp(request.param) / "m", request.param, seed=0)
     family = family_of(path)
@@ -166,9 +166,11 @@ def test_clip_inputs_run_the_model(loaded, clip_file) -> None:
     if family.name == "qwen3_vl":
         assert "<0.3 seconds><|vision_start|>" in text and "<1.6 seconds><|vision_start|>" in text
         assert "second_per_grid_ts" not in batch
-    else:
+    elif family.name == "qwen2_5_vl":  # absolute-time MRoPE: seconds per temporal patch
         assert "seconds>" not in text
         assert batch["second_per_grid_ts"].tolist() == [1.0]  # 2 frames a patch at 2 fps
+    else:  # Qwen2-VL: frames by position only
+        assert "seconds>" not in text and "second_per_grid_ts" not in batch
     with torch.no_grad():
         logits = model(**batch).logits[0, -1]
         blank = dict(batch, pixel_values_videos=torch.zeros_like(batch["pixel_values_videos"]))

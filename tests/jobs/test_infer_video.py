@@ -48,6 +48,8 @@ def videos(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     (folder / "cut.webm").write_bytes(webm[: int(len(webm) * 0.7)])  # decodes to ~2.5 s
     (folder / "empty.mp4").write_bytes(b"")
     (folder / "junk.mkv").write_bytes(b"\x1aE\xdf\xa3 not really matroska" * 40)
+    mkv = write_video(root / "e.mkv", frames[:5], FPS).read_bytes()  # codec id made unknown:
+    (folder / "odd.mkv").write_bytes(mkv.replace(b"V_MPEG4/ISO/AVC", b"V_QUUX1/ISO/AVC"))
     (folder / "still.png").write_bytes(_png())
     frames, _ = make_video_frames(3, 9, seconds=1.0, fps=FPS)
     blob = write_video(root / "d.mp4", frames, FPS).read_bytes()
@@ -111,14 +113,15 @@ def test_detect_on_sampled_frames_with_bad_files(
     assert [r.t_start for r in by_file["d.mp4"]] == [0.0, 0.9]  # 1 s in the tar: 2 frames
     assert by_file["still.png"][0].t_start is None and by_file["still.png"][0].status == "ok"
     failed = {name: rs for name, rs in by_file.items() if any(r.status == "failed" for r in rs)}
-    assert set(failed) == {"empty.mp4", "junk.mkv", "cut.webm"}
+    assert set(failed) == {"empty.mp4", "junk.mkv", "odd.mkv", "cut.webm"}
+    assert failed["odd.mkv"][0].error.startswith("video: unsupported codec")
     assert failed["empty.mp4"][0].error == "video: empty file (0 bytes)"
     assert failed["junk.mkv"][0].error.startswith("video: not a readable video")
     [cut_end] = [r for r in failed["cut.webm"] if r.status == "failed"]
     assert cut_end.item_key.endswith("#end") and "truncated or damaged" in cut_end.error
     assert cut_end.t_start is not None and cut_end.t_end == pytest.approx(4.0)
     assert len(failed["cut.webm"]) > 1  # the frames decoded before the cut are labeled
-    files = 3 + 1 + 1 + 3  # videos that ran, the tar's, the png, the bad ones
+    files = 3 + 1 + 1 + 4  # videos that ran, the tar's, the png, the bad ones
     assert (job.progress_done, job.progress_total) == (files, files)
     check_exports_and_render(job.id, rows, vlmjobs_cli, tmp_path)
     # The frames are scored against make-shapes' per-frame truth, matched by <video>#t=<s>.

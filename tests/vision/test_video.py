@@ -113,6 +113,15 @@ def test_bad_videos_raise_a_clear_error(clip_file, data, message) -> None:
         V.probe(data)
 
 
+def test_unknown_codec_is_named(tmp_path: Path) -> None:
+    """A Matroska file whose codec id no decoder claims (the id rewritten in place)."""
+    frames, _ = make_video_frames(0, 1, seconds=0.5, fps=FPS)
+    data = write_video(tmp_path / "a.mkv", frames, FPS).read_bytes()
+    assert data.count(b"V_MPEG4/ISO/AVC") == 1
+    with pytest.raises(V.VideoError, match="unsupported codec: the video stream has an unknown"):
+        V.probe(data.replace(b"V_MPEG4/ISO/AVC", b"V_QUUX1/ISO/AVC"))
+
+
 def test_truncated_webm_yields_an_incomplete_clip(tmp_path: Path) -> None:
     """WebM streams: a cut file still decodes up to the cut (the header is at the start)."""
     frames, _ = make_video_frames(0, 2, seconds=4.0, fps=FPS)

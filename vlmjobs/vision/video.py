@@ -114,7 +114,11 @@ def probe(data: bytes) -> VideoInfo:
         stream = container.streams.video[0]
         codec = stream.codec_context.name if stream.codec_context else None
         if codec is None or not _decodable(codec):
-            raise VideoError(f"unsupported codec {codec!r}: no decoder in this FFmpeg build")
+            what = "an unknown codec" if codec is None else f"codec {codec!r}"
+            raise VideoError(
+                f"unsupported codec: the video stream has {what}, which this FFmpeg build "
+                "cannot decode; re-encode it (H.264, VP9 or AV1)"
+            )
         rate = stream.average_rate or stream.guessed_rate or stream.base_rate
         duration = _duration(container, stream)
         if not rate or not duration:

@@ -53,6 +53,8 @@ def test_frames_and_resume(setup, monkeypatch) -> None:
     assert size == make_video_frames(5, 1, seconds=0.1, fps=10)[0][0].size
     # Frames are shrunk to the model's frame as decoded (the image pixel limits).
     assert {p.image.size for p in got} == {input_size(size, 3136, 12544)}
+    # Decoded in runs of a batch (a long video's frames do not wait for its end): same frames.
+    assert [p.key for p in pieces(setup, video={"fps": 2.0}, batch_size=3)] == keys
     # A resumed job labels only what is left ...
     assert [p.key for p in pieces(setup, set(keys[:2]), video={"fps": 2.0})] == keys[2:]
 

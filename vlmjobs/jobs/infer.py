@@ -296,9 +296,6 @@ def _produce(
         unique += 1
         if is_video(raw.source) and raw.data is not None and raw.error is None:
             _add_video(raw, spec, plan, processor, done, pending, units, stop)
-            if len(pending.ready) >= window:
-                _flush(pending, spec, plan, processor, units, stop)
-                pending = Unit()
             continue
         item = prepare(raw, spec, plan)
         if isinstance(item, Ready):
@@ -384,11 +381,19 @@ def _add_video(
             frame, factor = piece.image.size, plan.family.factor
             ready = Ready(piece.key, raw.source, piece.image, piece.size, frame, factor, piece.time)
             pending.ready.append(ready)
+            if len(pending.ready) >= spec.read_ahead * spec.batch_size:  # a long video
+                _flush(pending, spec, plan, processor, units, stop)
+                pending.ready, pending.failed, pending.aliases = [], [], []
+                pending.skipped = pending.videos = 0
         else:
             # The file failed whole (one row, an item like an image's) or after some rows.
             whole = whole or piece.item_key == raw.key
             pending.failed.append(piece)
     pending.videos += 0 if whole else 1
+    if len(pending.ready) >= spec.read_ahead * spec.batch_size:
+        _flush(pending, spec, plan, processor, units, stop)
+        pending.ready, pending.failed, pending.aliases = [], [], []
+        pending.skipped = pending.videos = 0
 
 
 # --- the main thread: generate (halving on OOM), parse, score, dedup ------------------------

@@ -115,6 +115,8 @@ def video_pieces(
         return
     describe = spec.task == "describe"
     plans = plan_clips(info, sampling(spec))
+    if not describe:  # frames go on as decoded, a batch at a time, not a whole clip
+        plans = _chunks(plans, spec.batch_size)
     if all(k in done for k in planned_keys(raw.key, plans, describe)):
         return
     size = (info.width, info.height)
@@ -149,6 +151,16 @@ def video_pieces(
         yield failed(f"{raw.key}#end", raw.source, f"video: {e}", info, t_start=reached)
 
 
+def _chunks(plans: list[ClipPlan], size: int) -> list[ClipPlan]:
+    """Each clip's frames in runs of ``size`` (numbered anew): frames to label as images
+    need not wait for their whole clip to decode."""
+    out: list[ClipPlan] = []
+    for p in plans:
+        for i in range(0, len(p.indices), size):
+            out.append(ClipPlan(len(out), p.t_start, p.t_end, p.indices[i : i + size], 0))
+    return out
+
+
 def _clip_frame(spec: InferSpec, plan: Plan, size: tuple[int, int], frames: int) -> tuple[int, int]:
     f2 = plan.family.factor**2
     video = spec.video
@@ -166,8 +178,7 @@ def _truncated(clip: Clip, info: VideoInfo) -> str:
     reached = clip.times[-1] if clip.times else clip.plan.t_start
     return (
         f"video: truncated or damaged: frames stop at {reached:.2f} s of {info.duration_s:.2f} s "
-        f"({len(clip.indices)} of {len(clip.plan.indices)} sampled frames of clip "
-        f"{clip.plan.index}); the rows before it are kept"
+        "(the container promised more); the rows before it are kept"
     )
 
 

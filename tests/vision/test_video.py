@@ -202,3 +202,20 @@ def test_image_rows_still_batch_beside(loaded) -> None:
 def test_decoding_reads_from_memory_only(clip_file) -> None:
     data, _ = clip_file
     assert V.probe(io.BytesIO(data).getvalue()).frames == 20
+
+
+def test_dashboard_overlay_draws_the_frame_at_t_start(clip_file, tmp_path: Path) -> None:
+    """The gallery's tile of a video row is its frame at t_start, boxes drawn on it."""
+    from vlmjobs.dashboard.app import _overlay_png
+
+    data, frames = clip_file
+    path = tmp_path / "v.mp4"
+    path.write_bytes(data)
+    region = {"bbox": [10.0, 10.0, 60.0, 50.0], "phrase": "a thing", "score": 0.5}
+    tiles = [
+        Image.open(
+            io.BytesIO(_overlay_png({"source": str(path), "t_start": t, "regions": [region]}))
+        )
+        for t in (0.0, 1.5)
+    ]
+    assert tiles[0].size[0] >= frames[0].size[0] and tiles[0].tobytes() != tiles[1].tobytes()

@@ -65,8 +65,8 @@ class VideoSpec(Strict):
     # Frames sampled per second of video (qwen-vl-utils' default is 2).
     fps: float = Field(2.0, gt=0.0, le=60.0)
     # Frames per clip (a video, or a window) at least / at most; the count is a multiple of 2
-    # for describe. A detect job's frames per video are capped here too: tokens and time grow
-    # linearly with it.
+    # for describe. Frame tasks (detect, ...) sample max_frames per clip too, and at least one
+    # frame: time grows linearly with it.
     min_frames: int = Field(4, ge=1, le=768)
     max_frames: int = Field(64, ge=1, le=768)
     # describe: one answer per window of this many seconds; None: one per video. Windows

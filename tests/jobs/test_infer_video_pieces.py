@@ -101,3 +101,20 @@ def test_unreadable_video_is_one_failed_row(setup, tmp_path) -> None:
 def test_bad_video_knobs_are_refused(setup, video, message) -> None:
     with pytest.raises(ValidationError, match=message):
         InferSpec(model={"path": str(setup["model"])}, inputs=[str(setup["video"])], video=video)
+
+
+def test_clip_preflight_refuses_a_clip_that_does_not_fit(setup) -> None:
+    from vlmjobs.errors import PreflightError
+    from vlmjobs.jobs.infer_video import clip_preflight
+
+    def spec(tokens: int) -> InferSpec:
+        return InferSpec(
+            model={"path": str(setup["model"]), "dtype": "fp32"}, inputs=[str(setup["video"])],
+            task="describe", preflight={"gpu_memory_gib": 2.0}, video={"max_tokens": tokens},
+        )  # fmt: skip
+
+    assert clip_preflight(spec(4096), prompt="Describe.").startswith(
+        "preflight: one video clip of 4,096 tokens -> "
+    )
+    with pytest.raises(PreflightError, match="lower video.max_tokens"):
+        clip_preflight(spec(4_000_000), prompt="Describe.")

@@ -38,7 +38,13 @@ from vlmjobs.jobs.infer_inputs import RawItem, byte_limit, count_items, decode_i
 from vlmjobs.jobs.infer_memory import plan_batch
 from vlmjobs.jobs.infer_plan import Plan, make_plan
 from vlmjobs.jobs.infer_score import region_scores
-from vlmjobs.jobs.infer_video import ClipReady, FrameReady, describe_output, video_pieces
+from vlmjobs.jobs.infer_video import (
+    ClipReady,
+    FrameReady,
+    clip_preflight,
+    describe,
+    video_pieces,
+)
 from vlmjobs.specs.infer import InferSpec
 from vlmjobs.vision import tasks
 from vlmjobs.vision.generate import Generation, Generator
@@ -139,6 +145,8 @@ def preflight(spec: InferSpec, plan: Plan, ctx: JobContext) -> InferSpec:
     arithmetic = "\n".join(estimate.lines)
     adjusted = f" (adjusted from {spec.batch_size})" if batch != spec.batch_size else ""
     ctx.event(f"preflight: batch {batch}{adjusted} -> {estimate.total_gib:.1f} GiB\n{arithmetic}")
+    if spec.task == "describe":  # a video clip is one row of its own, often longer
+        ctx.event(clip_preflight(spec, prompt=system + plan.prompt))
     return spec.model_copy(update={"batch_size": batch})
 
 
@@ -190,7 +198,7 @@ def _consume(
             raise unit
         outputs = list(unit.failed)
         if unit.clip is not None:
-            outputs.append(describe(generator, unit.clip, unit.batch, spec, plan, ctx.event))
+            outputs.append(describe(generator, unit.clip, spec, plan, ctx.event))
         if unit.ready:
             outputs += label(
                 generator, processor, unit.ready, spec, plan, batch=unit.batch, event=ctx.event
@@ -381,15 +389,24 @@ def _add_video(
             frame, factor = piece.image.size, plan.family.factor
             ready = Ready(piece.key, raw.source, piece.image, piece.size, frame, factor, piece.time)
             pending.ready.append(ready)
-            if len(pending.ready) >= spec.read_ahead * spec.batch_size:  # a long video
-                _flush(pending, spec, plan, processor, units, stop)
-                pending.ready, pending.failed, pending.aliases = [], [], []
-                pending.skipped = pending.videos = 0
+            _flush_full(pending, spec, plan, processor, units, stop)  # a long video
         else:
             # The file failed whole (one row, an item like an image's) or after some rows.
             whole = whole or piece.item_key == raw.key
             pending.failed.append(piece)
     pending.videos += 0 if whole else 1
+    _flush_full(pending, spec, plan, processor, units, stop)
+
+
+def _flush_full(
+    pending: Unit,
+    spec: InferSpec,
+    plan: Plan,
+    processor: Any,
+    units: queue.Queue,
+    stop: threading.Event,
+) -> None:
+    """Hand over a full read-ahead window and empty ``pending`` in place."""
     if len(pending.ready) >= spec.read_ahead * spec.batch_size:
         _flush(pending, spec, plan, processor, units, stop)
         pending.ready, pending.failed, pending.aliases = [], [], []
@@ -467,23 +484,3 @@ def _output(
 def _mean(values: list[float]) -> float | None:
     finite = [v for v in values if math.isfinite(v)]
     return sum(finite) / len(finite) if finite else None
-
-
-def describe(
-    generator: Generator,
-    clip: ClipReady,
-    batch: Any,
-    spec: InferSpec,
-    plan: Plan,
-    event: Callable[[str, str], None] | None = None,
-) -> OutputRecord:
-    """Generate the description of one clip (one row per call: a video row is never split)."""
-    started = time.monotonic()
-    [gen] = generator.generate(
-        batch,
-        max_new_tokens=spec.max_new_tokens,
-        min_new_tokens=spec.min_new_tokens,
-        repetition_penalty=spec.repetition_penalty,
-        on_oom=None if event is None else lambda message: event(message, "warning"),
-    )
-    return describe_output(clip, gen, plan, (time.monotonic() - started) * 1000)

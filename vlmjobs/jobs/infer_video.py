@@ -18,7 +18,8 @@ A resumed job skips a video whose planned keys are all done without decoding it.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,7 +29,7 @@ from vlmjobs.jobs.context import OutputRecord
 from vlmjobs.jobs.infer_inputs import RawItem
 from vlmjobs.jobs.infer_plan import Plan
 from vlmjobs.specs.infer import InferSpec
-from vlmjobs.vision.generate import Generation
+from vlmjobs.vision.generate import Generation, Generator
 from vlmjobs.vision.video import (
     Clip,
     ClipPlan,
@@ -236,3 +237,43 @@ def describe_output(
             **parsed.extra,
         },
     )
+
+
+def describe(
+    generator: Generator,
+    clip: ClipReady,
+    spec: InferSpec,
+    plan: Plan,
+    event: Callable[[str, str], None] | None = None,
+) -> OutputRecord:
+    """Generate the description of one clip (one row per call: a video row is never split)."""
+    started = time.monotonic()
+    [gen] = generator.generate(
+        clip.batch,
+        max_new_tokens=spec.max_new_tokens,
+        min_new_tokens=spec.min_new_tokens,
+        repetition_penalty=spec.repetition_penalty,
+        on_oom=None if event is None else lambda message: event(message, "warning"),
+    )
+    return describe_output(clip, gen, plan, (time.monotonic() - started) * 1000)
+
+
+def clip_preflight(spec: InferSpec, *, prompt: str) -> str:
+    """The memory of one clip at ``video.max_tokens`` visual tokens (a row of its own),
+    as an event line; PreflightError with the arithmetic when it exceeds the card."""
+    from vlmjobs.errors import PreflightError
+    from vlmjobs.jobs.infer_memory import estimate_infer_memory
+    from vlmjobs.specs.common import PATCH
+
+    tokens = spec.video.max_tokens
+    # The estimate counts visual tokens as max_pixels / 28^2, whatever the family's factor.
+    estimate = estimate_infer_memory(spec, batch=1, max_pixels=tokens * PATCH**2, prompt=prompt)
+    arithmetic = "\n  ".join(estimate.lines)
+    if estimate.total_gib > spec.preflight.gpu_memory_gib:
+        raise PreflightError(
+            f"one video clip of up to video.max_tokens {tokens:,} visual tokens needs "
+            f"{estimate.total_gib:.2f} GiB > preflight.gpu_memory_gib "
+            f"{spec.preflight.gpu_memory_gib}:\n  {arithmetic}\nlower video.max_tokens or "
+            "video.window_s, or use model.quantization nf4"
+        )
+    return f"preflight: one video clip of {tokens:,} tokens -> {estimate.total_gib:.1f} GiB"

@@ -118,3 +118,17 @@ def test_clip_preflight_refuses_a_clip_that_does_not_fit(setup) -> None:
     )
     with pytest.raises(PreflightError, match="lower video.max_tokens"):
         clip_preflight(spec(4_000_000), prompt="Describe.")
+
+
+def test_video_files_have_their_own_byte_limit(setup, tmp_path, monkeypatch) -> None:
+    """An image's byte limit follows max_image_pixels; a video's is MAX_FILE_BYTES."""
+    from vlmjobs.jobs import infer_inputs
+
+    size = setup["video"].stat().st_size
+    [raw] = list(iter_items([setup["video"]], [], [], limit=100))  # far below the video
+    assert raw.error is None and len(raw.data) == size
+    monkeypatch.setattr(infer_inputs, "MAX_FILE_BYTES", size - 1)
+    [raw] = list(iter_items([setup["video"]], [], [], limit=100))
+    assert (
+        raw.error == f"file too large ({size} bytes > {size - 1}): cut the video; not read further"
+    )

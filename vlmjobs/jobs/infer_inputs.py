@@ -127,7 +127,7 @@ def _read_stream(source: str, stream: IO[bytes], limit: int = MAX_FILE_BYTES) ->
         chunks.append(block)
         size += len(block)
         if size > limit:
-            return RawItem(source, failed_key(source), error=_too_large(size, limit))
+            return RawItem(source, failed_key(source), error=_too_large(size, limit, source))
     return RawItem(source, digest.hexdigest(), data=b"".join(chunks))
 
 
@@ -135,8 +135,10 @@ def _limit_for(source: str, limit: int) -> int:
     return max(limit, MAX_FILE_BYTES) if is_video(source) else limit
 
 
-def _too_large(size: int, limit: int = MAX_FILE_BYTES) -> str:
+def _too_large(size: int, limit: int = MAX_FILE_BYTES, source: str = "") -> str:
     over = "more than " if size == limit + 1 else ""
+    if is_video(source):
+        return f"file too large ({over}{size} bytes > {limit}): cut the video; not read further"
     return (
         f"file too large ({over}{size} bytes > {limit}): more than an image within "
         "max_image_pixels can take; not read further"
@@ -175,7 +177,7 @@ def _read_file(path: Path, limit: int = MAX_FILE_BYTES) -> RawItem:
     try:
         size = path.stat().st_size
         if size > limit:
-            return RawItem(source, failed_key(source), error=_too_large(size, limit))
+            return RawItem(source, failed_key(source), error=_too_large(size, limit, source))
         with path.open("rb") as f:
             return _read_stream(source, f, limit)
     except OSError as e:
@@ -263,7 +265,7 @@ def iter_zip(
                 error = "archive member is a symbolic link, not a regular file: not read"
                 yield RawItem(source, failed_key(source), error=error)
             elif info.file_size > _limit_for(source, limit):  # may lie: the read is capped too
-                error = _too_large(info.file_size, _limit_for(source, limit))
+                error = _too_large(info.file_size, _limit_for(source, limit), source)
                 yield RawItem(source, failed_key(source), error=error)
             else:
                 with zf.open(info) as stream:

@@ -130,5 +130,5 @@ def test_video_files_have_their_own_byte_limit(setup, tmp_path, monkeypatch) -> 
     monkeypatch.setattr(infer_inputs, "MAX_FILE_BYTES", size - 2)
     [raw] = list(iter_items([setup["video"]], [], [], limit=100))
     assert (
-        raw.error == f"file too large ({size} bytes > {size - 1}): cut the video; not read further"
+        raw.error == f"file too large ({size} bytes > {size - 2}): cut the video; not read further"
     )

@@ -219,3 +219,31 @@ def test_dashboard_overlay_draws_the_frame_at_t_start(clip_file, tmp_path: Path)
         for t in (0.0, 1.5)
     ]
     assert tiles[0].size[0] >= frames[0].size[0] and tiles[0].tobytes() != tiles[1].tobytes()
+
+
+def test_make_shapes_video_cli_writes_videos_and_per_frame_truth(tmp_path: Path) -> None:
+    import json
+
+    from click.testing import CliRunner
+
+    from vlmjobs.cli.main import cli
+
+    out = tmp_path / "clips"
+    args = ["dev", "make-shapes", str(out), "--n", "2", "--video", "--seconds", "1.5", "--fps", "4"]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    videos = [json.loads(x) for x in (out / "video_truth.jsonl").read_text().splitlines()]
+    frames = [json.loads(x) for x in (out / "truth.jsonl").read_text().splitlines()]
+    assert len(videos) == 2 and len(frames) == 2 * 6  # 1.5 s at 4 fps
+    info = V.probe((out / videos[0]["video"]).read_bytes())
+    assert (info.frames, info.fps, info.width, info.height) == (
+        6, 4.0, videos[0]["width"], videos[0]["height"],
+    )  # fmt: skip
+    assert frames[1]["image"] == f"{videos[0]['video']}#t=0.250"
+    # Boxes move: the same shape sits elsewhere a few frames on, and inside the picture.
+    first, later = videos[0]["frames"][0]["regions"], videos[0]["frames"][5]["regions"]
+    assert [r["phrase"] for r in first] == [r["phrase"] for r in later]
+    assert [r["bbox"] for r in first] != [r["bbox"] for r in later]
+    w, h = videos[0]["width"], videos[0]["height"]
+    assert all(0 <= b[0] < b[2] <= w and 0 <= b[1] < b[3] <= h for f in videos[0]["frames"]
+               for b in (r["bbox"] for r in f["regions"]))  # fmt: skip

@@ -26,11 +26,22 @@ from vlmjobs.eval.images import match_images
 
 FORMATS = ("jsonl", "coco", "labelstudio", "csv")
 LS_MODES = ("captions", "labels")
-CSV_FIELDS = ["key", "source", "image_w", "image_h", "x1", "y1", "x2", "y2", "phrase", "score"]
+CSV_FIELDS = [
+    "key", "source", "image_w", "image_h", "x1", "y1", "x2", "y2", "phrase", "score",
+    "t_start", "t_end",
+]  # fmt: skip
+
+
+def frame_name(out: dict[str, Any]) -> str:
+    """An image's source; a video row's ``<source>#t=<t_start>``, the name ``make-shapes
+    --video`` gives that frame in its truth.jsonl."""
+    t = out.get("t_start")
+    return str(out["source"]) if t is None else f"{out['source']}#t={t:.3f}"
 
 
 def jsonl_lines(outputs: Iterable[dict[str, Any]]) -> Iterator[str]:
-    """One JSON line per image (failed ones too, with their error)."""
+    """One JSON line per image or video row (failed ones too, with their error); a video's
+    rows carry ``t_start`` / ``t_end`` (seconds)."""
     for out in outputs:
         yield json.dumps(out, ensure_ascii=False)
 
@@ -51,11 +62,16 @@ def to_coco(
     An empty ``annotations`` list is valid COCO: faster-coco-eval's ``loadRes`` and
     ``vlmjobs eval`` read it; pycocotools' ``loadRes`` fails on any empty list.
     """
-    ok = sorted((o for o in outputs if o["status"] == "ok"), key=lambda o: str(o["source"]))
+    ok = sorted(
+        (o for o in outputs if o["status"] == "ok"),
+        key=lambda o: (str(o["source"]), o.get("t_start") or 0.0),
+    )
     if truth is not None:
         return _coco_against(ok, truth, class_agnostic)
+    # A video's sampled frame is an image of its own: file name <video>#t=<seconds>.
     images = [
-        {"id": i, "file_name": o["source"], "width": o["image_w"], "height": o["image_h"]}
+        {"id": i, "file_name": frame_name(o), "width": o["image_w"], "height": o["image_h"]}
+        | ({} if o.get("t_start") is None else {"video": o["source"], "t": o["t_start"]})
         for i, o in enumerate(ok, start=1)
     ]
     names = (
@@ -232,6 +248,8 @@ def write_csv(outputs: Iterable[dict[str, Any]], stream: TextIO) -> int:
                     **{"x1": x1, "y1": y1, "x2": x2, "y2": y2},
                     "phrase": csv_safe(r["phrase"]),
                     "score": "" if r["score"] is None else r["score"],
+                    "t_start": "" if out.get("t_start") is None else out["t_start"],
+                    "t_end": "" if out.get("t_end") is None else out["t_end"],
                 }
             )
             rows += 1

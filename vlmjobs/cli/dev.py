@@ -102,11 +102,50 @@ def quantize_cmd(model: Path, out: Path, scheme: str, device: str) -> None:
     help="full: 200-700 px, 1-5 shapes of 7 kinds, graded backgrounds; demo: ~128 px, one "
     "shape of 4 kinds on plain grey (what the demo model learns)",
 )
-def make_shapes_cmd(out: Path, n: int, seed: int, duplicates: float, style: str) -> None:
-    """Write N synthetic images of coloured shapes with exact boxes to OUT."""
+@click.option(
+    "--video",
+    is_flag=True,
+    help="write N mp4 videos of moving shapes instead, with the boxes of every frame "
+    "(video_truth.jsonl; truth.jsonl: one line per frame, named VIDEO#t=SECONDS)",
+)
+@click.option(
+    "--seconds",
+    type=click.FloatRange(min=0.1, max=3600),
+    default=3.0,
+    show_default=True,
+    help="--video: length of each video",
+)
+@click.option(
+    "--fps",
+    type=click.IntRange(min=1, max=60),
+    default=10,
+    show_default=True,
+    help="--video: frames per second",
+)
+def make_shapes_cmd(
+    out: Path,
+    n: int,
+    seed: int,
+    duplicates: float,
+    style: str,
+    video: bool,
+    seconds: float,
+    fps: int,
+) -> None:
+    """Write N synthetic images (or, with --video, videos) of coloured shapes with exact
+    boxes to OUT."""
     from vlmjobs.dev.shapes import make_shapes
 
     started = time.monotonic()
+    if video:
+        from vlmjobs.dev.shapes_video import make_shape_videos
+
+        path = make_shape_videos(out, n=n, seed=seed, seconds=seconds, fps=fps)
+        click.echo(
+            f"{n} videos of {seconds:g} s at {fps} fps at {path} (videos/, video_truth.jsonl, "
+            f"truth.jsonl; {time.monotonic() - started:.1f} s)"
+        )
+        return
     path = make_shapes(out, n=n, seed=seed, duplicates=duplicates, style=style)
     click.echo(
         f"{n} images at {path} (regions.jsonl, region_descriptions.json, image_data.json, "

@@ -26,7 +26,8 @@ from vlmjobs.exports import FORMATS, LS_MODES, export, image_url, labelstudio_co
 
 def render(outputs: Iterable[dict[str, Any]], out_dir: Path, limit: int | None) -> list[Path]:
     """Draw up to ``limit`` ok outputs onto their images, re-read from the sources (archive
-    members too); one PNG each, named ``<n>_<key12>.png``. Returns the written paths."""
+    members too); one PNG each, named ``<n>_<key12>.png``. A video's row is drawn on its
+    frame at ``t_start`` (``<n>_<key12>_t<seconds>.png``). Returns the written paths."""
     from vlmjobs.recipes.infer.inputs import decode_image, read_sources
     from vlmjobs.render import draw_regions
 
@@ -37,21 +38,45 @@ def render(outputs: Iterable[dict[str, Any]], out_dir: Path, limit: int | None) 
             if limit is not None and len(chosen) >= limit:
                 break
     out_dir.mkdir(parents=True, exist_ok=True)
-    by_source = {o["source"]: o for o in chosen}
-    written = []
-    for n, (source, data, error) in enumerate(read_sources(list(by_source))):
+    by_source: dict[str, list[dict[str, Any]]] = {}
+    for o in chosen:
+        by_source.setdefault(o["source"], []).append(o)
+    written: list[Path] = []
+    for source, data, error in read_sources(list(by_source)):
         if data is None:
             click.echo(f"render: skipped {source}: {error}", err=True)
             continue
-        decoded = decode_image(data, max_image_pixels=sys.maxsize)
-        if decoded.image is None:
-            click.echo(f"render: skipped {source}: {decoded.error}", err=True)
-            continue
-        out = by_source[source]
-        path = out_dir / f"{n:05d}_{out['key'][:12]}.png"
-        draw_regions(decoded.image, out["regions"]).save(path)
-        written.append(path)
+        rows = by_source[source]
+        if rows[0].get("t_start") is not None:
+            pictures = _video_frames(data, rows)
+        else:
+            decoded = decode_image(data, max_image_pixels=sys.maxsize)
+            pictures = [(rows[0], decoded.image, decoded.error)]
+        for out, image, why in pictures:
+            if image is None:
+                click.echo(f"render: skipped {source}: {why}", err=True)
+                continue
+            stem = f"{len(written):05d}_{out['key'][:12]}"
+            if out.get("t_start") is not None:
+                stem += f"_t{out['t_start']:.2f}"
+            path = out_dir / f"{stem}.png"
+            draw_regions(image, out["regions"]).save(path)
+            written.append(path)
     return written
+
+
+def _video_frames(data: bytes, rows: list[dict[str, Any]]) -> list[tuple[dict, Any, str | None]]:
+    """(row, its frame at t_start or None, why not) for each row of one video."""
+    from vlmjobs.vision.video import VideoError, frames_at
+
+    try:
+        frames = frames_at(data, [float(r["t_start"]) for r in rows])
+    except VideoError as e:
+        return [(r, None, str(e)) for r in rows]
+    return [
+        (r, f, None if f is not None else "no frame at that time")
+        for r, f in zip(rows, frames, strict=True)
+    ]
 
 
 # --- database side ------------------------------------------------------------------------------

@@ -183,10 +183,22 @@ def _overlay_png(out: dict[str, Any]) -> bytes:
     [(source, data, error)] = list(read_sources([out["source"]]))
     if data is None:
         raise HTTPException(404, f"{source}: {error}")
-    decoded = decode_image(data, max_image_pixels=sys.maxsize)
-    if decoded.image is None:
-        raise HTTPException(404, f"{source}: {decoded.error}")
-    image = draw_regions(decoded.image, out["regions"])
+    if out.get("t_start") is not None:  # a video's row: its frame at that time
+        from vlmjobs.vision.video import VideoError, frames_at
+
+        try:
+            [frame] = frames_at(data, [float(out["t_start"])])
+        except VideoError as e:
+            raise HTTPException(404, f"{source}: {e}") from None
+        if frame is None:
+            raise HTTPException(404, f"{source}: no frame at {out['t_start']} s")
+        picture = frame
+    else:
+        decoded = decode_image(data, max_image_pixels=sys.maxsize)
+        if decoded.image is None:
+            raise HTTPException(404, f"{source}: {decoded.error}")
+        picture = decoded.image
+    image = draw_regions(picture, out["regions"])
     image.thumbnail((OVERLAY_MAX_SIDE, OVERLAY_MAX_SIDE))
     buf = io.BytesIO()
     image.save(buf, format="PNG")

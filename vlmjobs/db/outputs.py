@@ -22,6 +22,8 @@ def output_dict(row: Any) -> dict[str, Any]:
         "prompt_tokens": row.prompt_tokens,
         "generated_tokens": row.generated_tokens,
         "latency_ms": row.latency_ms,
+        "t_start": row.t_start,
+        "t_end": row.t_end,
         "extra": row.extra or {},
         "regions": [
             {"bbox": [r.x1, r.y1, r.x2, r.y2], "phrase": r.phrase, "score": r.score}

@@ -53,6 +53,8 @@ def score_outputs(outputs: Iterable[dict[str, Any]], truth: Path) -> ShapesScore
     seen: dict[str, dict[str, Any]] = {}
     for out in outputs:
         source = str(Path(out["source"]).resolve())
+        if out.get("t_start") is not None:  # a sampled video frame: truth names it by time
+            source += f"#t={float(out['t_start']):.3f}"
         if source in gold:
             seen[source] = out
     if not seen:

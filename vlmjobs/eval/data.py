@@ -151,6 +151,8 @@ def predictions_from_outputs(outputs: Iterable[dict[str, Any]], label: str) -> P
                 f"prediction {n} has neither 'source' (infer output) nor 'image' (regions.jsonl)"
             )
         name = str(out.get("source", out.get("image")))
+        if out.get("t_start") is not None:  # a video's sampled frame (make-shapes --video names)
+            name += f"#t={float(out['t_start']):.3f}"
         if out.get("status", "ok") != "ok":
             preds.failed.append(name)
             continue

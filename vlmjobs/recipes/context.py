@@ -46,6 +46,9 @@ class OutputRecord:
     prompt_tokens: int | None = None
     generated_tokens: int | None = None
     latency_ms: float | None = None
+    # A video's row: the seconds it covers (a window; a sampled frame: t_start == t_end).
+    t_start: float | None = None
+    t_end: float | None = None
     extra: dict[str, Any] = field(default_factory=dict)
     regions: list[RegionRecord] = field(default_factory=list)
 

@@ -58,23 +58,60 @@ class InferPreflightSpec(Strict):
     on_exceed: Literal["refuse", "adjust"] = "refuse"
 
 
+class VideoSpec(Strict):
+    """How video files (.mp4 .webm .mkv) are sampled. describe: each clip goes to the model
+    as one video; every other task: each sampled frame as an image (the image pixel limits)."""
+
+    # Frames sampled per second of video (qwen-vl-utils' default is 2).
+    fps: float = Field(2.0, gt=0.0, le=60.0)
+    # Frames per clip (a video, or a window) at least / at most; the count is a multiple of 2
+    # for describe. Frame tasks (detect, ...) sample max_frames per clip too, and at least one
+    # frame: time grows linearly with it.
+    min_frames: int = Field(4, ge=1, le=768)
+    max_frames: int = Field(64, ge=1, le=768)
+    # describe: one answer per window of this many seconds; None: one per video. Windows
+    # also bound what is decoded and held at once (one clip's sampled frames).
+    window_s: float | None = Field(None, gt=0.0)
+    # describe: visual tokens per frame at least / at most (a token is 28x28 px, 32x32 for
+    # Qwen3-VL), and for the whole clip at most: frames shrink to fit (qwen-vl-utils' rule).
+    # Pinned well below the families' own defaults (768 per frame, 115,200 per video).
+    min_frame_tokens: int = Field(16, ge=4)
+    max_frame_tokens: int = Field(256, ge=4)
+    max_tokens: int = Field(4096, ge=4)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> VideoSpec:
+        if self.min_frames > self.max_frames:
+            raise ValueError(f"min_frames {self.min_frames} > max_frames {self.max_frames}")
+        if self.min_frame_tokens > self.max_frame_tokens:
+            raise ValueError(
+                f"min_frame_tokens {self.min_frame_tokens} > max_frame_tokens "
+                f"{self.max_frame_tokens}"
+            )
+        return self
+
+
 class InferSpec(JobSpec):
-    """Label images with a (fine-tuned) Qwen2.5-VL; one output row per image, regions per output."""
+    """Label images and videos with a (fine-tuned) Qwen-VL; one output row per image, per
+    sampled video frame or per described video window, regions per output."""
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
     kind: Literal["infer"] = "infer"
     model: InferModelSpec
-    # Folders (recursive), list files (.txt, one path a line), .tar / .tar.gz / .tgz / .zip.
+    # Folders (recursive), list files (.txt, one path a line), .tar / .tar.gz / .tgz / .zip;
+    # images and videos (.mp4 .webm .mkv: see video).
     inputs: list[str] = Field(min_length=1)
-    # Globs over names relative to a folder or archive root; default: common image suffixes.
+    # Globs over names relative to a folder or archive root; default: common image and video
+    # suffixes.
     include: list[str] = Field(default_factory=list)
     exclude: list[str] = Field(default_factory=list)
     # dense_caption | detect (labels) | ground (phrase) | extract_json | caption | custom (prompt).
     # Left out: the adapter manifest's task, else dense_caption.
-    task: Literal["dense_caption", "detect", "ground", "extract_json", "caption", "custom"] = (
-        "dense_caption"
-    )
+    # describe: a video (or window) as a video, one text each (an image: described as one).
+    task: Literal[
+        "dense_caption", "detect", "ground", "extract_json", "caption", "custom", "describe"
+    ] = "dense_caption"
     labels: list[str] | None = None
     phrase: str | None = None
     # Replaces the task's prompt (and the manifest's).
@@ -105,6 +142,7 @@ class InferSpec(JobSpec):
     min_pixels: int | None = Field(None, ge=PATCH * PATCH)
     max_pixels: int | None = Field(None, ge=PATCH * PATCH)
     preflight: InferPreflightSpec = Field(default_factory=InferPreflightSpec)
+    video: VideoSpec = Field(default_factory=VideoSpec)
 
     @field_validator("inputs")
     @classmethod

@@ -248,7 +248,9 @@ def stop_token_ids(model: Any, tokenizer: Any) -> list[int]:
 def with_token_types(batch: BatchFeature, config: Any) -> BatchFeature:
     """transformers >= 5 computes 3D (mrope) positions only when ``mm_token_type_ids`` is given:
     without it an image-only processor's batch would silently get 1D positions."""
-    if "mm_token_type_ids" in batch or "image_grid_thw" not in batch:
+    if "mm_token_type_ids" in batch or (
+        "image_grid_thw" not in batch and "video_grid_thw" not in batch
+    ):
         return batch
     ids = batch["input_ids"]
     types = (ids == config.image_token_id).int() + 2 * (ids == config.video_token_id).int()
@@ -261,6 +263,8 @@ def slice_batch(batch: BatchFeature, start: int, stop: int, config: Any) -> Batc
     n, length = batch["input_ids"].shape
     if start == 0 and stop == n:
         return batch
+    if "video_grid_thw" in batch:
+        raise ValueError("a batch with a video is not cut into rows: send one video row per call")
     # Per-token tensors (input_ids, attention_mask, mm_token_type_ids) are (B, L); the image
     # tensors are per image / per patch and are cut by the rows' image counts instead.
     rows = {

@@ -35,6 +35,8 @@ from vlmjobs.vision.vision_attention import batched_vision_attention
 log = logging.getLogger(__name__)
 
 SLOT_ROUND = 64  # cache length is rounded up to this: batches of similar length share a graph
+# What a video row adds to a batch (vision/video_inputs.py).
+VIDEO_KEYS = ("pixel_values_videos", "video_grid_thw", "second_per_grid_ts")
 MAX_GRAPHS = 4  # captured graphs kept (each holds its own activation pool)
 
 
@@ -201,11 +203,15 @@ class StaticDecoder:
             }
             width = part["input_ids"].shape[1]  # <= length: shared left padding was dropped
             types = part.get("mm_token_type_ids", torch.zeros_like(part["input_ids"]))
+            # Video rows (vision/video_inputs.py) carry their grid and, for Qwen2.5-VL, the
+            # seconds per temporal patch; families that do not take it ignore the keyword.
+            videos = {k: part[k] for k in VIDEO_KEYS if k in part}
             positions, deltas = self.vl.get_rope_index(
                 part["input_ids"],
                 mm_token_type_ids=types,
                 image_grid_thw=part.get("image_grid_thw"),
                 attention_mask=part["attention_mask"],
+                **{k: v for k, v in videos.items() if k != "pixel_values_videos"},
             )
             cache = DynamicCache(config=self.model.config.text_config)
             with batched_vision_attention(self.vl.visual) if self.windowed else nullcontext():
@@ -214,6 +220,8 @@ class StaticDecoder:
                     attention_mask=part["attention_mask"],
                     pixel_values=part.get("pixel_values"),
                     image_grid_thw=part.get("image_grid_thw"),
+                    pixel_values_videos=videos.get("pixel_values_videos"),
+                    video_grid_thw=videos.get("video_grid_thw"),
                     position_ids=positions,
                     past_key_values=cache,
                     use_cache=True,

@@ -8,6 +8,7 @@
 | extract_json  | json      | a JSON object (fields named in the prompt)         |
 | caption       | text      | one description of the image                       |
 | custom        | text      | whatever ``prompt`` asks                           |
+| describe      | text      | what happens in a video (or window); an image: it  |
 
 Boxes in answers are Qwen2.5-VL's own format: absolute pixels of the resized
 input frame (vision/frames.py), a ```json list of {"bbox_2d": [...], "label": ...}.
@@ -17,10 +18,18 @@ from __future__ import annotations
 
 from typing import Literal
 
-Task = Literal["dense_caption", "detect", "ground", "extract_json", "caption", "custom"]
+Task = Literal["dense_caption", "detect", "ground", "extract_json", "caption", "custom", "describe"]
 Parser = Literal["regions", "json", "text"]
 
-TASKS: tuple[str, ...] = ("dense_caption", "detect", "ground", "extract_json", "caption", "custom")
+TASKS: tuple[str, ...] = (
+    "dense_caption",
+    "detect",
+    "ground",
+    "extract_json",
+    "caption",
+    "custom",
+    "describe",
+)
 PARSERS: dict[str, Parser] = {
     "dense_caption": "regions",
     "detect": "regions",
@@ -28,6 +37,7 @@ PARSERS: dict[str, Parser] = {
     "extract_json": "json",
     "caption": "text",
     "custom": "text",
+    "describe": "text",
 }
 DEFAULT_SYSTEM = "You are a helpful assistant."
 
@@ -42,6 +52,8 @@ DETECT_PROMPT = (
 GROUND_PROMPT = "Locate {phrase} in the image; output its bbox_2d coordinates in JSON format."
 EXTRACT_JSON_PROMPT = "Extract the information in the image as a JSON object."
 CAPTION_PROMPT = "Describe this image in one sentence."
+# A video (or window) goes to the model as a video; an image with this task as an image.
+DESCRIBE_PROMPT = "Describe what happens in this video."
 
 
 def _check(task: str) -> None:
@@ -79,6 +91,8 @@ def prompt_for(
         return EXTRACT_JSON_PROMPT
     if task == "caption":
         return CAPTION_PROMPT
+    if task == "describe":
+        return DESCRIBE_PROMPT
     raise ValueError("task 'custom' needs prompt (the instruction text)")
 
 

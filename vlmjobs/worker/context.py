@@ -298,6 +298,8 @@ def _output_row(job_id: int, rec: OutputRecord) -> dict[str, Any]:
         "prompt_tokens": rec.prompt_tokens,
         "generated_tokens": rec.generated_tokens,
         "latency_ms": rec.latency_ms,
+        "t_start": rec.t_start,
+        "t_end": rec.t_end,
         "extra": rec.extra,
         "created_at": utcnow(),
     }

@@ -29,9 +29,11 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from vlmjobs import settings
 from vlmjobs.specs.common import outside_roots
+from vlmjobs.vision.video import VIDEO_GLOBS, is_video
 
 # What a folder contributes when the spec gives no include globs.
 IMAGE_GLOBS = ["*.jpg", "*.jpeg", "*.png", "*.webp", "*.bmp", "*.gif", "*.tif", "*.tiff"]
+DEFAULT_GLOBS = IMAGE_GLOBS + VIDEO_GLOBS
 TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz")
 ZIP_SUFFIXES = (".zip",)
 LIST_SUFFIXES = (".txt",)
@@ -88,7 +90,7 @@ def matches(name: str, include: list[str], exclude: list[str]) -> bool:
         base = low.rsplit("/", 1)[-1]
         return any(fnmatch.fnmatchcase(low if "/" in p else base, p.lower()) for p in patterns)
 
-    return hit(include or IMAGE_GLOBS) and not hit(exclude)
+    return hit(include or DEFAULT_GLOBS) and not hit(exclude)
 
 
 def unsafe_member_reason(name: str) -> str | None:
@@ -114,7 +116,9 @@ def byte_limit(max_image_pixels: int) -> int:
 
 
 def _read_stream(source: str, stream: IO[bytes], limit: int = MAX_FILE_BYTES) -> RawItem:
-    """Read a file object in blocks, hashing as it goes; stop past ``limit`` bytes."""
+    """Read a file object in blocks, hashing as it goes; stop past ``limit`` bytes (a
+    video's limit is MAX_FILE_BYTES: compressed frames, not bounded by a pixel count)."""
+    limit = _limit_for(source, limit)
     digest = hashlib.sha256()
     chunks: list[bytes] = []
     size = 0
@@ -123,12 +127,18 @@ def _read_stream(source: str, stream: IO[bytes], limit: int = MAX_FILE_BYTES) ->
         chunks.append(block)
         size += len(block)
         if size > limit:
-            return RawItem(source, failed_key(source), error=_too_large(size, limit))
+            return RawItem(source, failed_key(source), error=_too_large(size, limit, source))
     return RawItem(source, digest.hexdigest(), data=b"".join(chunks))
 
 
-def _too_large(size: int, limit: int = MAX_FILE_BYTES) -> str:
+def _limit_for(source: str, limit: int) -> int:
+    return max(limit, MAX_FILE_BYTES) if is_video(source) else limit
+
+
+def _too_large(size: int, limit: int = MAX_FILE_BYTES, source: str = "") -> str:
     over = "more than " if size == limit + 1 else ""
+    if is_video(source):
+        return f"file too large ({over}{size} bytes > {limit}): cut the video; not read further"
     return (
         f"file too large ({over}{size} bytes > {limit}): more than an image within "
         "max_image_pixels can take; not read further"
@@ -163,10 +173,11 @@ def _read_file(path: Path, limit: int = MAX_FILE_BYTES) -> RawItem:
     refused = outside_roots(path, settings.allowed_roots(), "image")
     if refused:
         return RawItem(source, failed_key(source), error=refused)
+    limit = _limit_for(source, limit)
     try:
         size = path.stat().st_size
         if size > limit:
-            return RawItem(source, failed_key(source), error=_too_large(size, limit))
+            return RawItem(source, failed_key(source), error=_too_large(size, limit, source))
         with path.open("rb") as f:
             return _read_stream(source, f, limit)
     except OSError as e:
@@ -253,8 +264,9 @@ def iter_zip(
             elif _zip_is_symlink(info):
                 error = "archive member is a symbolic link, not a regular file: not read"
                 yield RawItem(source, failed_key(source), error=error)
-            elif info.file_size > limit:  # a bomb may declare its size; may lie: read capped
-                yield RawItem(source, failed_key(source), error=_too_large(info.file_size, limit))
+            elif info.file_size > _limit_for(source, limit):  # may lie: the read is capped too
+                error = _too_large(info.file_size, _limit_for(source, limit), source)
+                yield RawItem(source, failed_key(source), error=error)
             else:
                 with zf.open(info) as stream:
                     yield _read_stream(source, stream, limit)

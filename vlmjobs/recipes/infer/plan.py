@@ -44,7 +44,12 @@ class Plan:
     json_schema: dict[str, Any] | None = None
     device: str = "cpu"  # where the phrase-embedding model runs, when dedup uses one
     family: Family = DEFAULT  # the base model's: frame factor, engine support
+    # What images are asked when it differs from ``prompt`` (describe: the video prompt).
+    image_prompt: str = ""
     _vectors: Any = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        self.image_prompt = self.image_prompt or self.prompt
 
     @property
     def min_pixels(self) -> int:
@@ -239,6 +244,7 @@ def make_plan(spec: InferSpec, device: str = "cpu") -> Plan:
         model=model,
         task=task,
         prompt=prompt,
+        image_prompt=tasks.CAPTION_PROMPT if task == "describe" and not spec.prompt else prompt,
         system=_pick(spec.system, _m(manifest, "system"), None),
         parser=spec.parser or tasks.parser_for(task),
         convention=manifest.frame_convention if manifest is not None else family.convention,

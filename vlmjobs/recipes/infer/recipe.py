@@ -38,11 +38,19 @@ from vlmjobs.recipes.infer.inputs import RawItem, byte_limit, count_items, decod
 from vlmjobs.recipes.infer.memory import plan_batch
 from vlmjobs.recipes.infer.plan import Plan, make_plan
 from vlmjobs.recipes.infer.score import region_scores
+from vlmjobs.recipes.infer.video import (
+    ClipReady,
+    FrameReady,
+    clip_preflight,
+    describe,
+    video_pieces,
+)
 from vlmjobs.specs.infer import InferSpec
 from vlmjobs.vision import tasks
 from vlmjobs.vision.generate import Generation, Generator
 from vlmjobs.vision.inputs import build_inputs
 from vlmjobs.vision.model import load_model
+from vlmjobs.vision.video import is_video
 
 QUEUE_BATCHES = 2  # prepared batches waiting for the GPU: enough to hide decoding
 HEARTBEAT_S = 1.0  # longest wait on the producer between heartbeats / stop checks
@@ -61,6 +69,7 @@ class Ready:
     size: tuple[int, int]
     frame: tuple[int, int]
     factor: int = 28  # the family's visual token side (28, or 32 for Qwen3-VL)
+    time: float | None = None  # a sampled video frame's seconds (its row's t_start = t_end)
 
     @property
     def tokens(self) -> int:
@@ -73,11 +82,13 @@ class Unit:
     without the model (failed items; ``skipped`` = done before or duplicates)."""
 
     ready: list[Ready] = field(default_factory=list)
+    clip: ClipReady | None = None  # a video clip to describe, alone (its inputs in ``batch``)
     batch: Any = None
     failed: list[OutputRecord] = field(default_factory=list)
     skipped: int = 0
     # (item key, source) of skipped duplicates: recorded on the key's row once it is saved
     aliases: list[tuple[str, str]] = field(default_factory=list)
+    videos: int = 0  # video files finished with this unit (their rows are not items)
 
 
 @dataclass
@@ -134,6 +145,8 @@ def preflight(spec: InferSpec, plan: Plan, ctx: JobContext) -> InferSpec:
     arithmetic = "\n".join(estimate.lines)
     adjusted = f" (adjusted from {spec.batch_size})" if batch != spec.batch_size else ""
     ctx.event(f"preflight: batch {batch}{adjusted} -> {estimate.total_gib:.1f} GiB\n{arithmetic}")
+    if spec.task == "describe":  # a video clip is one row of its own, often longer
+        ctx.event(clip_preflight(spec, prompt=system + plan.prompt))
     return spec.model_copy(update={"batch_size": batch})
 
 
@@ -186,6 +199,8 @@ def _consume(
         if isinstance(unit, BaseException):
             raise unit
         outputs = list(unit.failed)
+        if unit.clip is not None:
+            outputs.append(describe(generator, unit.clip, spec, plan, ctx.event))
         if unit.ready:
             outputs += label(
                 generator, processor, unit.ready, spec, plan, batch=unit.batch, event=ctx.event
@@ -196,12 +211,14 @@ def _consume(
         _count(tally, unit, outputs)
         ctx.progress(tally.done, total)
         step += 1
-        if unit.ready:
+        if unit.ready or unit.clip is not None:
             ctx.metrics(_rates(tally), step=step)
 
 
 def _count(tally: Tally, unit: Unit, outputs: list[OutputRecord]) -> None:
-    tally.done += unit.skipped + len(outputs)
+    # Progress counts input files: an image's row is one; a video's rows (t_start set)
+    # count once, when the video is finished.
+    tally.done += unit.skipped + unit.videos + sum(1 for o in outputs if o.t_start is None)
     tally.skipped += unit.skipped
     for out in outputs:
         if out.status == "ok":
@@ -287,6 +304,9 @@ def _produce(
             break
         seen.add(raw.key)
         unique += 1
+        if is_video(raw.source) and raw.data is not None and raw.error is None:
+            _add_video(raw, spec, plan, processor, done, pending, units, stop)
+            continue
         item = prepare(raw, spec, plan)
         if isinstance(item, Ready):
             pending.ready.append(item)
@@ -332,7 +352,7 @@ def _flush(
     """Sort a window by image tokens, cut it into batches and hand them over with their inputs."""
     ordered = sorted(pending.ready, key=lambda r: r.tokens)
     batches = [ordered[i : i + spec.batch_size] for i in range(0, len(ordered), spec.batch_size)]
-    first = Unit(failed=pending.failed, skipped=pending.skipped)
+    first = Unit(failed=pending.failed, skipped=pending.skipped, videos=pending.videos)
     for i, ready in enumerate(batches or [[]]):
         unit = first if i == 0 else Unit()
         unit.ready = ready
@@ -345,8 +365,54 @@ def _flush(
 
 def _inputs(processor: Any, ready: list[Ready], plan: Plan) -> Any:
     return build_inputs(
-        processor, [r.image for r in ready], [plan.prompt] * len(ready), system=plan.system
+        processor, [r.image for r in ready], [plan.image_prompt] * len(ready), system=plan.system
     )
+
+
+def _add_video(
+    raw: RawItem,
+    spec: InferSpec,
+    plan: Plan,
+    processor: Any,
+    done: set[str],
+    pending: Unit,
+    units: queue.Queue,
+    stop: threading.Event,
+) -> None:
+    """A video's frames join the pending window like images; its clips go to the model
+    one unit each, as decoded; what fails becomes a failed row."""
+    whole = False
+    for piece in video_pieces(raw, spec, plan, processor, done):
+        if stop.is_set():
+            return
+        if isinstance(piece, ClipReady):
+            _put(units, Unit(clip=piece, batch=piece.batch), stop)
+        elif isinstance(piece, FrameReady):
+            frame, factor = piece.image.size, plan.family.factor
+            ready = Ready(piece.key, raw.source, piece.image, piece.size, frame, factor, piece.time)
+            pending.ready.append(ready)
+            _flush_full(pending, spec, plan, processor, units, stop)  # a long video
+        else:
+            # The file failed whole (one row, an item like an image's) or after some rows.
+            whole = whole or piece.item_key == raw.key
+            pending.failed.append(piece)
+    pending.videos += 0 if whole else 1
+    _flush_full(pending, spec, plan, processor, units, stop)
+
+
+def _flush_full(
+    pending: Unit,
+    spec: InferSpec,
+    plan: Plan,
+    processor: Any,
+    units: queue.Queue,
+    stop: threading.Event,
+) -> None:
+    """Hand over a full read-ahead window and empty ``pending`` in place."""
+    if len(pending.ready) >= spec.read_ahead * spec.batch_size:
+        _flush(pending, spec, plan, processor, units, stop)
+        pending.ready, pending.failed, pending.aliases = [], [], []
+        pending.skipped = pending.videos = 0
 
 
 # --- the main thread: generate (halving on OOM), parse, score, dedup ------------------------
@@ -406,6 +472,8 @@ def _output(
         prompt_tokens=gen.prompt_tokens,
         generated_tokens=len(gen.token_ids),
         latency_ms=latency_ms,
+        t_start=ready.time,
+        t_end=ready.time,
         extra={
             "finished": gen.finished,
             "mean_logprob": _mean(gen.logprobs),

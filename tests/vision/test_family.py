@@ -176,3 +176,30 @@ def test_smart_resize_equals_the_family_image_processor(make, name, size, budget
     t, gh, gw = out["image_grid_thw"][0].tolist()
     assert (gw * family.patch_size, gh * family.patch_size) == family.input_size(size, lo, hi)
     assert out["pixel_values"].shape[0] == gh * gw
+
+
+def test_family_names_are_listed_once() -> None:
+    """clean's spec offers exactly the families the family layer knows."""
+    from typing import get_args
+
+    from vlmjobs.specs.clean import CleanSpec
+    from vlmjobs.vision.family import FAMILIES, FamilyName
+
+    assert set(get_args(FamilyName)) == set(FAMILIES)
+    assert CleanSpec.model_fields["family"].annotation == FamilyName
+
+
+def test_each_kind_refuses_a_task_it_cannot_do(tmp_path) -> None:
+    """One task Literal; clean and eval narrow it with a message naming what they can do."""
+    import pytest
+    from pydantic import ValidationError
+
+    from vlmjobs.specs.clean import CleanSpec
+    from vlmjobs.vision.tasks import CLEAN_TASKS
+
+    source = tmp_path / "regions.jsonl"
+    source.write_text("")
+    with pytest.raises(ValidationError, match="task 'ground' is not one a clean job can do"):
+        CleanSpec.model_validate({"input": str(source), "task": "ground"})
+    for task in CLEAN_TASKS:
+        assert CleanSpec.model_validate({"input": str(source), "task": task}).task == task

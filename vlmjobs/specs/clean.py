@@ -23,10 +23,10 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from vlmjobs.specs.common import PATCH, JobSpec, Strict, existing_path
+from vlmjobs.vision.family import FamilyName
+from vlmjobs.vision.tasks import CLEAN_TASKS, Task, check_task
 
 Format = Literal["auto", "vg", "coco", "jsonl", "regions"]
-Family = Literal["qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe", "qwen3_5", "qwen3_5_moe"]
-Task = Literal["dense_caption", "detect", "caption", "extract_json", "custom"]
 
 
 class SplitSpec(Strict):
@@ -70,7 +70,7 @@ class CleanSpec(JobSpec):
     # the frame's multiple (28 for Qwen2/2.5-VL, 32 for Qwen3-VL) and how boxes are written
     # (Qwen2.5-VL: pixels of the resized image; Qwen2-VL, Qwen3-VL: 0-1000). MUST be the
     # train job's model family (train checks it).
-    family: Family = "qwen2_5_vl"
+    family: FamilyName = "qwen2_5_vl"
     min_pixels: int = Field(256 * PATCH * PATCH, ge=PATCH * PATCH)
     max_pixels: int = Field(1280 * PATCH * PATCH, ge=PATCH * PATCH)
     # Boxes with IoU >= this may describe the same thing; lower: bigger groups, more removed.
@@ -106,6 +106,11 @@ class CleanSpec(JobSpec):
     panels: int = Field(0, ge=0, le=1000)
     # Images per chunk: one embedding call, one progress report, one cancel check per chunk.
     chunk_size: int = Field(256, ge=1)
+
+    @field_validator("task")
+    @classmethod
+    def _task_cleanable(cls, value: str | None) -> str | None:
+        return check_task(value, CLEAN_TASKS, "clean")
 
     @field_validator("input")
     @classmethod

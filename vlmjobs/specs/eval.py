@@ -17,6 +17,7 @@ from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from vlmjobs.specs.common import JobSpec, check_job_ref, existing_path, is_job_ref
 from vlmjobs.specs.infer import InferModelSpec
+from vlmjobs.vision.tasks import EVAL_TASKS, Task, check_task
 
 
 class EvalSpec(JobSpec):
@@ -40,14 +41,17 @@ class EvalSpec(JobSpec):
     # The infer knobs that matter for a score; the task, prompt and pixel limits come from the
     # clean job's manifest (else the adapter's, else dense_caption). detect asks for the
     # truth's categories (COCO) or phrases; ground (a phrase per query) is not run here yet.
-    task: (
-        Literal["dense_caption", "detect", "ground", "extract_json", "caption", "custom"] | None
-    ) = None
+    task: Task | None = None
     batch_size: int = Field(16, ge=1, le=256)
     max_new_tokens: int = Field(512, ge=1)
     engine: Literal["auto", "hf", "static"] = "auto"
     # Score at most this many images (None: the whole split).
     limit: int | None = Field(None, ge=1)
+
+    @field_validator("task")
+    @classmethod
+    def _task_scorable(cls, value: str | None) -> str | None:
+        return check_task(value, EVAL_TASKS, "eval")
 
     @field_validator("data")
     @classmethod

@@ -18,7 +18,7 @@ from typing import Any, Literal
 from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from vlmjobs.specs.common import PATCH, JobSpec, ModelSpec, Strict, existing_path, is_job_ref
-from vlmjobs.vision.tasks import parser_for
+from vlmjobs.vision.tasks import Task, parser_for
 
 
 class InferModelSpec(ModelSpec):
@@ -109,9 +109,7 @@ class InferSpec(JobSpec):
     # dense_caption | detect (labels) | ground (phrase) | extract_json | caption | custom (prompt).
     # Left out: the adapter manifest's task, else dense_caption.
     # describe: a video (or window) as a video, one text each (an image: described as one).
-    task: Literal[
-        "dense_caption", "detect", "ground", "extract_json", "caption", "custom", "describe"
-    ] = "dense_caption"
+    task: Task = "dense_caption"
     labels: list[str] | None = None
     phrase: str | None = None
     # Replaces the task's prompt (and the manifest's).

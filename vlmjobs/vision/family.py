@@ -27,7 +27,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from vlmjobs.errors import ModelLoadError
 from vlmjobs.vision import frames
@@ -105,6 +105,9 @@ _NO_STATIC = (
     "the static engine runs dense Qwen2/2.5/3-VL decoder layers only; {title} decodes with "
     "transformers' generate (slower on a GPU, same greedy output)"
 )
+
+# Every family name (a config.json ``model_type``), once: clean's spec takes its choices here.
+FamilyName = Literal["qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe", "qwen3_5", "qwen3_5_moe"]
 
 FAMILIES: dict[str, Family] = {
     f.name: f

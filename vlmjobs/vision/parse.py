@@ -35,10 +35,10 @@ from typing import Any, Literal
 import numpy as np
 
 from vlmjobs.vision import frames
+from vlmjobs.vision.frames import Convention
 from vlmjobs.vision.regions import Regions
 
 Status = Literal["ok", "repaired", "truncated", "empty", "unparseable"]
-Convention = Literal["absolute", "1000"]
 
 BOX_KEYS = ("bbox_2d", "box_2d", "bbox", "box")
 POINT_KEYS = ("point_2d", "point")

@@ -16,20 +16,26 @@ input frame (vision/frames.py), a ```json list of {"bbox_2d": [...], "label": ..
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, get_args
 
+# Every task name, once: specs, manifests, prompts and parsers all take theirs from here.
 Task = Literal["dense_caption", "detect", "ground", "extract_json", "caption", "custom", "describe"]
 Parser = Literal["regions", "json", "text"]
 
-TASKS: tuple[str, ...] = (
-    "dense_caption",
-    "detect",
-    "ground",
-    "extract_json",
-    "caption",
-    "custom",
-    "describe",
-)
+TASKS: tuple[str, ...] = get_args(Task)
+# What each kind can do with a task: clean writes targets from annotations (a ground target
+# needs a query per record, describe a video); eval scores image answers (not describe).
+CLEAN_TASKS: tuple[str, ...] = ("dense_caption", "detect", "caption", "extract_json", "custom")
+EVAL_TASKS: tuple[str, ...] = tuple(t for t in TASKS if t != "describe")
+
+
+def check_task(task: str | None, allowed: tuple[str, ...], kind: str) -> str | None:
+    """``task`` when ``allowed``; else a ValueError naming the choices (a spec validator)."""
+    if task is not None and task not in allowed:
+        raise ValueError(f"task {task!r} is not one a {kind} job can do: {', '.join(allowed)}")
+    return task
+
+
 PARSERS: dict[str, Parser] = {
     "dense_caption": "regions",
     "detect": "regions",

@@ -143,14 +143,18 @@ SCHEMA = {
     ("value", "errors"),
     [
         ({"name": "x", "items": [{"price": 1.5}]}, []),  # case: conforms
-        ({"name": "x"}, ["$: missing 'items'"]),  # case: required key
-        ({"name": 3, "items": []}, ["$.name: expected string, got int"]),  # case: wrong type
+        ({"name": "x"}, ["$: 'items' is a required property"]),  # case: required key
+        ({"name": 3, "items": []}, ["$.name: 3 is not of type 'string'"]),  # case: wrong type
         (
             {"name": "x", "items": [{"price": True}]},
-            ["$.items[0].price: expected number, got bool"],
+            ["$.items[0].price: True is not of type 'number'"],
         ),
-        ({"name": "x", "items": [], "kind": "c"}, ["$.kind: 'c' not in ['a', 'b']"]),  # case: enum
-        ([1, 2], ["$: expected object, got list"]),  # case: not an object
+        ({"name": "x", "items": [], "kind": "c"}, ["$.kind: 'c' is not one of ['a', 'b']"]),
+        ([1, 2], ["$: [1, 2] is not of type 'object'"]),  # case: not an object
+        (
+            {"name": 1, "items": [{"price": "x"}]},
+            ["$.items[0].price: 'x' is not of type 'number'", "$.name: 1 is not of type 'string'"],
+        ),  # case: several errors, in path order
     ],
 )
 def test_schema_errors(value: object, errors: list[str]) -> None:
@@ -177,3 +181,15 @@ def test_dedup_by_phrase_embedding(tmp_path: Path) -> None:
     assert [p for _, p, _ in kept] == ["a red car", "a green apple"]
     exact = make_plan(spec_with(tmp_path, dedup={"phrase_threshold": 0.7}))
     assert len(exact.dedup(regions, [0.9, 0.8, 0.7])) == 3  # exact match misses the synonym
+
+
+def test_a_broken_schema_is_refused_at_submit(tmp_path: Path) -> None:
+    """A schema jsonschema cannot use is a spec error naming where, not a failed job later."""
+    from pydantic import ValidationError
+
+    from vlmjobs.specs.infer import InferSpec
+
+    spec = {"model": {"path": "Qwen/x"}, "inputs": [str(tmp_path)], "task": "extract_json"}
+    with pytest.raises(ValidationError, match="schema is not a valid JSON Schema at type"):
+        InferSpec.model_validate(spec | {"schema": {"type": "strin"}})
+    assert InferSpec.model_validate(spec | {"schema": SCHEMA}).json_schema == SCHEMA

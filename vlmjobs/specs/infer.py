@@ -160,9 +160,23 @@ class InferSpec(JobSpec):
             raise ValueError("task 'custom' needs prompt: the instruction text")
         if self.json_schema is not None and (self.parser or parser_for(self.task)) != "json":
             raise ValueError("schema is only read by the json parser: use task extract_json")
+        if self.json_schema is not None:
+            _check_schema(self.json_schema)
         if self.min_pixels and self.max_pixels and self.min_pixels > self.max_pixels:
             raise ValueError(f"min_pixels {self.min_pixels} > max_pixels {self.max_pixels}")
         return self
+
+
+def _check_schema(schema: dict[str, Any]) -> None:
+    """A JSON Schema that jsonschema can use, or a ValueError saying where it is not one."""
+    from jsonschema.exceptions import SchemaError
+    from jsonschema.validators import validator_for
+
+    try:
+        validator_for(schema).check_schema(schema)
+    except SchemaError as error:
+        where = "/".join(str(p) for p in error.path) or "(top)"
+        raise ValueError(f"schema is not a valid JSON Schema at {where}: {error.message}") from None
 
 
 def _exists(path: str) -> bool:

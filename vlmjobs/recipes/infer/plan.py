@@ -139,37 +139,15 @@ class Plan:
         return vectors @ vectors.T
 
 
-def schema_errors(value: Any, schema: dict[str, Any], path: str = "$") -> list[str]:
-    """Where ``value`` breaks ``schema``: the JSON Schema subset type / enum / required /
-    properties / items (no jsonschema dependency); [] when it conforms."""
-    kind = schema.get("type")
-    if kind is not None and not any(_is(value, k) for k in _as_list(kind)):
-        return [f"{path}: expected {kind}, got {type(value).__name__}"]
-    if "enum" in schema and value not in schema["enum"]:
-        return [f"{path}: {value!r} not in {schema['enum']}"]
-    errors: list[str] = []
-    if isinstance(value, dict):
-        errors += [f"{path}: missing {k!r}" for k in schema.get("required", []) if k not in value]
-        for key, sub in schema.get("properties", {}).items():
-            if key in value:
-                errors += schema_errors(value[key], sub, f"{path}.{key}")
-    if isinstance(value, list) and isinstance(schema.get("items"), dict):
-        for i, item in enumerate(value):
-            errors += schema_errors(item, schema["items"], f"{path}[{i}]")
-    return errors
+def schema_errors(value: Any, schema: dict[str, Any]) -> list[str]:
+    """Where ``value`` breaks the JSON Schema ``schema`` (jsonschema, the schema's own draft
+    or 2020-12), one ``$.path: message`` line per error in document order; [] when it
+    conforms. The schema itself was checked at submit (specs/infer.py)."""
+    from jsonschema.validators import validator_for
 
-
-def _as_list(kind: Any) -> list[str]:
-    return kind if isinstance(kind, list) else [kind]
-
-
-def _is(value: Any, kind: str) -> bool:
-    if kind == "integer":
-        return isinstance(value, int) and not isinstance(value, bool)
-    if kind == "number":
-        return isinstance(value, int | float) and not isinstance(value, bool)
-    types = {"string": str, "boolean": bool, "object": dict, "array": list, "null": type(None)}
-    return isinstance(value, types.get(kind, object))
+    validator = validator_for(schema)(schema)
+    errors = sorted(validator.iter_errors(value), key=lambda e: [str(p) for p in e.path])
+    return [f"{error.json_path}: {error.message}" for error in errors]
 
 
 def resolve_adapter(adapter: str | None) -> str | None:

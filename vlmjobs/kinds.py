@@ -32,7 +32,7 @@ KINDS: dict[str, Kind] = {
             "vlmjobs.specs.train:TrainSpec",
             "vlmjobs.recipes.train.recipe:run",
             "gpu",
-            preflight="vlmjobs.recipes.train.recipe:preflight",
+            preflight="vlmjobs.recipes.train.preflight:preflight",
         ),
         Kind(
             "infer",

@@ -13,7 +13,7 @@ from PIL import Image
 from vlmjobs.dev.build import make_tokenizer
 from vlmjobs.dev.build_family import model_config
 from vlmjobs.errors import DataError, PreflightError
-from vlmjobs.recipes.train.recipe import preflight
+from vlmjobs.recipes.train.preflight import preflight
 from vlmjobs.specs.train import TrainSpec
 from vlmjobs.vision.family import FAMILIES
 

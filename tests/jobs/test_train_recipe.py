@@ -19,7 +19,8 @@ from vlmjobs.dev.build import make_model
 from vlmjobs.errors import PreflightError
 from vlmjobs.recipes.train import checkpoints as ckpt
 from vlmjobs.recipes.train.data import load_data
-from vlmjobs.recipes.train.recipe import lr_factor, pieces, plan_memory, preflight, run, track_best
+from vlmjobs.recipes.train.preflight import plan_memory, preflight
+from vlmjobs.recipes.train.recipe import lr_factor, pieces, run, track_best
 from vlmjobs.specs.train import PreflightSpec, TrainSpec
 from vlmjobs.worker.context import swap_in
 
@@ -315,7 +316,7 @@ def test_prefetched_batches_equal_inline_collation(tiny_dir: Path, tmp_path: Pat
 def test_preflight_counts_text_with_the_models_tokenizer(tiny_dir: Path, tmp_path: Path) -> None:
     from transformers import AutoTokenizer
 
-    from vlmjobs.recipes.train.recipe import longest_text_tokens
+    from vlmjobs.recipes.train.preflight import longest_text_tokens
 
     spec = make_spec(tiny_dir, write_boxes_jsonl(tmp_path / "data", 6))
     train = load_data(spec).train

@@ -19,7 +19,7 @@ from vlmjobs.dev.build_family import model_config
 from vlmjobs.errors import ModelLoadError, PreflightError
 from vlmjobs.recipes.train.memory import architecture, lora_params
 from vlmjobs.recipes.train.model import prepare_model
-from vlmjobs.recipes.train.recipe import preflight
+from vlmjobs.recipes.train.preflight import preflight
 from vlmjobs.specs.common import ModelSpec
 from vlmjobs.specs.train import TrainSpec
 from vlmjobs.vision.family import FAMILIES, family_of

@@ -50,7 +50,7 @@ def make_video(size: tuple[int, int], seconds: float) -> Path:
 def frames_of(spec: Any, plan: Any, path: Path) -> tuple[list[Any], float]:
     """The Ready frames of the video and the seconds decoding took."""
     from vlmjobs.recipes.infer.inputs import iter_items
-    from vlmjobs.recipes.infer.recipe import Ready
+    from vlmjobs.recipes.infer.producer import Ready
     from vlmjobs.recipes.infer.video import FrameReady, video_pieces
 
     started = time.perf_counter()

@@ -316,7 +316,8 @@ def one_thread() -> Iterator[None]:
 def test_batched_equals_one_at_a_time(tiny, tmp_path, one_thread, which: str) -> None:
     from vlmjobs.recipes.infer.inputs import iter_items
     from vlmjobs.recipes.infer.plan import make_plan
-    from vlmjobs.recipes.infer.recipe import Ready, label, prepare
+    from vlmjobs.recipes.infer.producer import Ready, prepare
+    from vlmjobs.recipes.infer.recipe import label
     from vlmjobs.specs.infer import InferSpec
     from vlmjobs.vision.generate import Generator
     from vlmjobs.vision.model import load_model

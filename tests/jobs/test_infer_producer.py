@@ -11,9 +11,10 @@ import pytest
 from PIL import Image
 
 from vlmjobs.dev.build import make_model
+from vlmjobs.recipes.infer import producer
 from vlmjobs.recipes.infer.inputs import iter_items
 from vlmjobs.recipes.infer.plan import make_plan
-from vlmjobs.recipes.infer.recipe import Unit, _produce
+from vlmjobs.recipes.infer.producer import Unit
 from vlmjobs.specs.infer import InferSpec
 from vlmjobs.vision.model import load_processor
 
@@ -41,7 +42,7 @@ def folder(tmp_path: Path) -> Path:
 def produce(spec: InferSpec, processor, done: set[str]) -> list[Unit]:
     plan = make_plan(spec)
     units: queue.Queue = queue.Queue()
-    _produce(spec, plan, processor, done, units, threading.Event())
+    producer.produce(spec, plan, processor, done, units, threading.Event())
     return list(units.queue)
 
 
@@ -83,7 +84,7 @@ def test_done_keys_are_skipped_and_limit_counts_them(processor, folder: Path) ->
 _WINDOW_RSS = """
 import queue, resource, sys, threading
 from pathlib import Path
-from vlmjobs.recipes.infer.recipe import _produce
+from vlmjobs.recipes.infer.producer import produce
 from vlmjobs.recipes.infer.plan import make_plan
 from vlmjobs.specs.infer import InferSpec
 from vlmjobs.vision.model import load_processor
@@ -96,7 +97,7 @@ spec = InferSpec.model_validate({
 })
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 units = queue.Queue()  # unbounded: every prepared image stays alive to the end
-_produce(spec, make_plan(spec), proc, set(), units, threading.Event())
+produce(spec, make_plan(spec), proc, set(), units, threading.Event())
 ready = [r for u in units.queue if u.ready for r in u.ready]
 print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) // 1024)
 print(len(ready), all(r.image.size == r.frame for r in ready))

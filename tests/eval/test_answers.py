@@ -77,6 +77,8 @@ def test_region_scores(counts: RegionCounts, p: float, r: float, f1: float) -> N
         ('{"a": 1', (False, None)),  # case: truncated
         ("null", (True, None)),  # case: JSON null is not a failure
         ("", (False, None)),  # case: empty
+        ("{'a': 1}", (True, {"a": 1})),  # case: Python quoting, repaired as infer does
+        ('Here it is: {"a": [1, 2,]}', (True, {"a": [1, 2]})),  # case: prose + trailing comma
     ],
 )
 def test_parse_json(text: str, expected: tuple[bool, object]) -> None:

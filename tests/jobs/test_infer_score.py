@@ -79,3 +79,14 @@ def test_region_scores_use_each_entrys_tokens(tok) -> None:
 def test_geometric_mean_prob(logprobs: list[float], expected: float | None) -> None:
     got = geometric_mean_prob(logprobs)
     assert got == (None if expected is None else pytest.approx(expected))
+
+
+def test_every_label_key_the_parser_reads_is_scored_by_its_own_entry() -> None:
+    """A region the parser reads by "name" or "category" finds its entry's tokens too (it
+    used to get the whole answer's mean: the scorer knew 4 label keys, the parser 7)."""
+    from vlmjobs.recipes.infer.score import _label
+    from vlmjobs.vision.parse import LABEL_KEYS
+
+    for key in LABEL_KEYS:
+        assert _label(f'{{"bbox_2d": [1, 2, 3, 4], "{key}": " red star "}}') == "red star"
+        assert _label(f'{{"bbox_2d": [1, 2, 3, 4], "{key}": "red star",}}') == "red star"

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 from rapidfuzz.distance import Levenshtein
 
+from vlmjobs.vision import parse
 from vlmjobs.vision.regions import Regions, iou_matrix, match_pairs, same_phrase
 
 IOU_THRESHOLD = 0.5
@@ -71,7 +72,12 @@ def match_regions(
 
 
 def parse_json(text: str) -> tuple[bool, Any]:
-    """(ok, value): the JSON in a model's answer, with an optional ```json fence stripped."""
+    """(ok, value): the JSON in a model's answer as infer reads it (``vision.parse.parse_json``:
+    fences, prose around it, repaired quoting and trailing commas); a bare scalar (``null``,
+    a number) too. A truncated answer is not ok: scoring it as written would be a guess."""
+    value, status = parse.parse_json(text)
+    if status in ("ok", "repaired"):
+        return True, value
     fenced = _FENCE.match(text)
     try:
         return True, json.loads(fenced.group(1) if fenced else text)

@@ -150,14 +150,13 @@ def _check_attention(spec: ModelSpec, device: str) -> None:
         )
 
 
-def _fix_cpu_4bit(model: torch.nn.Module) -> None:
-    """Stop bitsandbytes repacking 4-bit weights in place on AVX512-BF16 CPUs: a training
-    step after any no-grad pass then fails (see prepare_model in recipes/train/model.py)."""
-    import bitsandbytes as bnb
-
+def fix_cpu_4bit(model: torch.nn.Module) -> None:
+    """Stop bitsandbytes repacking 4-bit weights in place on AVX512-BF16 CPUs: it does so
+    during no-grad passes (in_features % 64 == 0), and a training step after any eval then
+    fails with "a view of a leaf Variable ... is being used in an in-place operation"."""
     for module in model.modules():
-        if isinstance(module, bnb.nn.Linear4bit):
-            module.support_avx512bf16_for_cpu = False
+        if hasattr(module, "support_avx512bf16_for_cpu"):  # bitsandbytes' Linear4bit
+            module.support_avx512bf16_for_cpu = False  # type: ignore[assignment]
 
 
 def load_model(
@@ -196,7 +195,7 @@ def load_model(
     except (OSError, ValueError, RuntimeError, ImportError) as err:
         raise ModelLoadError(f"cannot load model {str(path)!r}: {err}") from err
     if (quant is not None or saved is not None) and device == "cpu":
-        _fix_cpu_4bit(model)
+        fix_cpu_4bit(model)
     if spec.adapter:
         model = _load_adapter(model, spec.adapter, trainable=for_training)
     model.train(for_training)

@@ -17,9 +17,10 @@ from functools import lru_cache
 from typing import Any
 
 from vlmjobs.vision.generate import Generation
+from vlmjobs.vision.parse import LABEL_KEYS
 
-LABEL_KEYS = ("label", "phrase", "text", "description")
-_LABEL_RE = re.compile(r'"(?:label|phrase|text|description)"\s*:\s*"((?:[^"\\]|\\.)*)"')
+# The parser's label keys (a region the parser reads by "name" is scored by its own tokens).
+_LABEL_RE = re.compile(r'"(?:' + "|".join(LABEL_KEYS) + r')"\s*:\s*"((?:[^"\\]|\\.)*)"')
 
 
 @lru_cache(maxsize=1)

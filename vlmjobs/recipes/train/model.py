@@ -27,6 +27,7 @@ from torch.utils.checkpoint import checkpoint
 
 from vlmjobs.specs.train import LANGUAGE_MODULES, VISION_MODULES, TrainSpec
 from vlmjobs.vision.family import family_of_model
+from vlmjobs.vision.model import fix_cpu_4bit
 
 IGNORE = -100  # label value of positions without loss (prompt, image, padding)
 
@@ -71,12 +72,7 @@ def prepare_model(model: Any, spec: TrainSpec) -> Any:
 
     for param in model.parameters():
         param.requires_grad_(False)
-    for module in model.modules():
-        # bitsandbytes on AVX512-BF16 CPUs repacks 4-bit weights in place during no-grad
-        # passes (in_features % 64 == 0); a training step after any eval then fails with
-        # "a view of a leaf Variable ... is being used in an in-place operation".
-        if hasattr(module, "support_avx512bf16_for_cpu"):
-            module.support_avx512bf16_for_cpu = False
+    fix_cpu_4bit(model)  # again: a model may arrive from elsewhere than load_model
     model.config.use_cache = False
     lora = spec.lora
     config = LoraConfig(

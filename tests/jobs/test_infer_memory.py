@@ -142,3 +142,19 @@ def test_worker_preflight_adjusts_the_batch_with_the_plans_pixels(tiny_dir, tmp_
     assert preflight(adjust, plan, events).batch_size == 2  # type: ignore[arg-type]
     assert events.seen[0].startswith("preflight: batch 2 (adjusted from 8)")
     assert "KV cache: 2 rows" in events.seen[0]
+
+
+@pytest.mark.parametrize(("arch", "factor"), [("tiny-qwen2vl", 28), ("tiny-qwen3vl", 32)])
+def test_image_tokens_follow_the_familys_frame(tmp_path: Path, arch: str, factor: int) -> None:
+    """max_pixels / 28^2 over-counted Qwen3-VL's (and Qwen3.5's) 32 px tokens by 31%."""
+    from vlmjobs.dev.build_family import model_config as family_config
+
+    config = architecture(family_config(arch))
+    assert config["factor"] == factor
+    spec = spec_for("Qwen/not-local", tmp_path, max_new_tokens=64)
+    found = estimate_infer_memory(spec, batch=2, max_pixels=factor * factor * 400, prompt="",
+                                  arch=config)  # fmt: skip
+    assert "(430 prompt + 64 new" in found.lines[1]  # 400 image tokens + 30 for the template
+    clip = estimate_infer_memory(spec, batch=1, max_pixels=0, prompt="", arch=config,
+                                 image_tokens=1000)  # fmt: skip
+    assert "(1,030 prompt + 64 new" in clip.lines[1]

@@ -22,8 +22,9 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from vlmjobs.specs.common import PATCH, JobSpec, Strict, existing_path
+from vlmjobs.specs.common import JobSpec, Strict, existing_path
 from vlmjobs.vision.family import FamilyName
+from vlmjobs.vision.frames import FACTOR
 from vlmjobs.vision.tasks import CLEAN_TASKS, Task, check_task
 
 Format = Literal["auto", "vg", "coco", "jsonl", "regions"]
@@ -71,8 +72,8 @@ class CleanSpec(JobSpec):
     # (Qwen2.5-VL: pixels of the resized image; Qwen2-VL, Qwen3-VL: 0-1000). MUST be the
     # train job's model family (train checks it).
     family: FamilyName = "qwen2_5_vl"
-    min_pixels: int = Field(256 * PATCH * PATCH, ge=PATCH * PATCH)
-    max_pixels: int = Field(1280 * PATCH * PATCH, ge=PATCH * PATCH)
+    min_pixels: int = Field(256 * FACTOR * FACTOR, ge=FACTOR * FACTOR)
+    max_pixels: int = Field(1280 * FACTOR * FACTOR, ge=FACTOR * FACTOR)
     # Boxes with IoU >= this may describe the same thing; lower: bigger groups, more removed.
     iou_threshold: float = Field(0.5, gt=0.0, le=1.0)
     # complete: every pair in a group overlaps >= iou_threshold (no chains across the image);

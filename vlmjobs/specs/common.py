@@ -15,12 +15,10 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from vlmjobs import settings
+from vlmjobs.vision.frames import FACTOR  # pixels a visual token covers (default family)
 
 # ``job:42``: another job's output as this job's input (resolved in recipes/refs.py).
 JOB_REF = re.compile(r"^job:(\d+)$")
-
-# Qwen2.5-VL sees images in 28x28 pixel patches (14 px patch, 2x2 merge).
-PATCH = 28
 
 
 class Strict(BaseModel):
@@ -37,8 +35,8 @@ class ModelSpec(Strict):
     attn_implementation: Literal["sdpa", "flash_attention_2", "eager"] = "sdpa"
     # Pixel budget per image: tokens per image ~= pixels / 28^2. The model's boxes live in
     # the frame these limits produce (vision/frames.py), so train and infer must agree.
-    min_pixels: int = Field(256 * PATCH * PATCH, ge=PATCH * PATCH)
-    max_pixels: int = Field(1280 * PATCH * PATCH, ge=PATCH * PATCH)
+    min_pixels: int = Field(256 * FACTOR * FACTOR, ge=FACTOR * FACTOR)
+    max_pixels: int = Field(1280 * FACTOR * FACTOR, ge=FACTOR * FACTOR)
     adapter: str | None = Field(None, description="LoRA adapter dir, or a train job id as 'job:42'")
     # nf4 only: quantize the checkpoint once into VLMJOBS_ARTIFACTS/quantized/ and load that
     # copy from then on (no bf16 weights on the card while loading; the first load still has).

@@ -17,7 +17,8 @@ from typing import Any, Literal
 
 from pydantic import ConfigDict, Field, field_validator, model_validator
 
-from vlmjobs.specs.common import PATCH, JobSpec, ModelSpec, Strict, existing_path, is_job_ref
+from vlmjobs.specs.common import JobSpec, ModelSpec, Strict, existing_path, is_job_ref
+from vlmjobs.vision.frames import FACTOR
 from vlmjobs.vision.tasks import Task, parser_for
 
 
@@ -137,8 +138,8 @@ class InferSpec(JobSpec):
     # default. Pillow itself still refuses above twice its own limit (179 Mpx).
     max_image_pixels: int = Field(89_478_485, ge=1)
     # Pixel budget of the model's input frame; None: the adapter manifest's, else model's.
-    min_pixels: int | None = Field(None, ge=PATCH * PATCH)
-    max_pixels: int | None = Field(None, ge=PATCH * PATCH)
+    min_pixels: int | None = Field(None, ge=FACTOR * FACTOR)
+    max_pixels: int | None = Field(None, ge=FACTOR * FACTOR)
     preflight: InferPreflightSpec = Field(default_factory=InferPreflightSpec)
     video: VideoSpec = Field(default_factory=VideoSpec)
 

@@ -30,8 +30,8 @@ from vlmjobs.recipes.train.memory import (
     MemoryEstimate,
     architecture,
 )
-from vlmjobs.specs.common import PATCH
 from vlmjobs.specs.infer import InferSpec
+from vlmjobs.vision.frames import FACTOR
 from vlmjobs.vision.static_decode import SLOT_ROUND
 
 DTYPE_BYTES = {"bf16": 2, "fp16": 2, "fp32": 4}
@@ -64,15 +64,19 @@ def estimate_infer_memory(
     max_pixels: int,
     prompt: str,
     arch: dict[str, int] | None = None,
+    image_tokens: int | None = None,
 ) -> MemoryEstimate:
     """Peak GPU memory of one batch of ``batch`` images at ``max_pixels`` each.
 
     ``prompt``: the system + user text (its length sets the text tokens); ``arch``: from
     train.memory.architecture, read from ``spec.model.path``'s config.json when None.
+    Visual tokens per image: ``max_pixels`` / the family's factor squared (28 or 32 px a
+    token), or ``image_tokens`` when given (a video clip's budget).
     """
     arch = arch or architecture(_load_config(spec.model.path))
     dtype = DTYPE_BYTES[spec.model.dtype]
-    image = max_pixels // (PATCH * PATCH)
+    factor = arch.get("factor", FACTOR)
+    image = image_tokens if image_tokens is not None else max_pixels // (factor * factor)
     tokens = image + text_tokens(prompt)
     slots = math.ceil((tokens + spec.max_new_tokens) / SLOT_ROUND) * SLOT_ROUND
     lines: list[str] = []

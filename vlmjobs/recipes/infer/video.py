@@ -263,11 +263,11 @@ def clip_preflight(spec: InferSpec, *, prompt: str) -> str:
     as an event line; PreflightError with the arithmetic when it exceeds the card."""
     from vlmjobs.errors import PreflightError
     from vlmjobs.recipes.infer.memory import estimate_infer_memory
-    from vlmjobs.specs.common import PATCH
 
     tokens = spec.video.max_tokens
-    # The estimate counts visual tokens as max_pixels / 28^2, whatever the family's factor.
-    estimate = estimate_infer_memory(spec, batch=1, max_pixels=tokens * PATCH**2, prompt=prompt)
+    estimate = estimate_infer_memory(
+        spec, batch=1, max_pixels=0, prompt=prompt, image_tokens=tokens
+    )
     arithmetic = "\n  ".join(estimate.lines)
     if estimate.total_gib > spec.preflight.gpu_memory_gib:
         raise PreflightError(

@@ -89,6 +89,8 @@ def architecture(config: Any) -> dict[str, int]:
         "vision_hidden": vh,
         "vision_intermediate": vi,
         "patch_values": patch_values,
+        # Pixels per side of one visual token: 28 (Qwen2/2.5-VL) or 32 (Qwen3-VL, Qwen3.5).
+        "factor": vis.patch_size * vis.spatial_merge_size,
     }
 
 

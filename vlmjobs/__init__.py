@@ -1,8 +1,8 @@
-"""vlmjobs: fine-tune and run Qwen2.5-VL as jobs on Celery GPU workers.
+"""vlmjobs: fine-tune and run Qwen vision-language models as jobs on Celery GPU workers.
 
 Flow of one job: YAML spec -> ``specs`` (validated) -> ``scheduler.submit`` (a
 ``db`` row, then a Celery message) -> ``worker`` (the run wrapper owns job
-state) -> ``jobs.<kind>.run(spec, ctx)`` (the recipe) -> ``vision`` (model,
+state) -> ``recipes.<kind>.recipe.run(spec, ctx)`` -> ``vision`` (model,
 frames, regions, parsing).
 """
 

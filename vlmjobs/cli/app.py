@@ -24,7 +24,7 @@ from vlmjobs.errors import ConfigError, JobNotFound, SpecError, VlmjobsError
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="vlmjobs")
 def cli() -> None:
-    """Fine-tune and run Qwen2.5-VL as jobs on Celery GPU workers."""
+    """Fine-tune and run Qwen vision-language models as jobs on Celery GPU workers."""
 
 
 F = TypeVar("F", bound=Callable[..., Any])

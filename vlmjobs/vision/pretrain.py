@@ -43,11 +43,14 @@ SEED_OFFSET = 1_000
 
 @dataclass(frozen=True)
 class PretrainPlan:
-    """How long and how hard to train. The defaults take ~2-3 minutes on 2 busy CPU cores."""
+    """How long and how hard to train. The defaults take ~2-3 minutes on 2 CPU cores.
+
+    Measured on held-out demo shapes: batch 16 at lr 3e-3 localised far better than
+    batch 8 at 2e-3 or 5e-3, or batch 4 for twice the steps."""
 
     steps: int = 900
-    batch_size: int = 8
-    lr: float = 2e-3
+    batch_size: int = 16
+    lr: float = 3e-3
     warmup: int = 30
     seed: int = 0
     min_pixels: int = DEMO_MIN_PIXELS

@@ -27,7 +27,7 @@ PROMPT="Locate every shape."
 
 step "demo model (pre-trained on shapes, ~3 min) and synthetic data"
 [[ -d demo/demo-qwen ]] || vlmjobs dev make-model demo/demo-qwen --arch demo --seed 0
-[[ -d demo/shapes ]] || vlmjobs dev make-shapes demo/shapes --style demo --n 96 --seed 0
+[[ -d demo/shapes ]] || vlmjobs dev make-shapes demo/shapes --style demo --n 320 --seed 0
 [[ -d demo/heldout ]] || vlmjobs dev make-shapes demo/heldout --style demo --n 40 --seed 1 --duplicates 0
 
 step "local stack"

@@ -18,7 +18,8 @@ Image i depends only on (seed, i), so the first k images are the same for any n 
 
 ``style="demo"`` draws what a model small enough to train on two CPU cores in minutes
 can learn: ~112 px images, a white background, one big shape (35-60% of the short
-side, at a random place) of four kinds in four colours. ``style="full"`` (the default) is the set above.
+side, at a random place) of four kinds in four colours. ``style="full"`` (the default)
+is the set above.
 """
 
 from __future__ import annotations

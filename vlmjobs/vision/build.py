@@ -292,7 +292,9 @@ def make_model(
         from vlmjobs.vision.build_family import make_family_model
 
         return make_family_model(out, arch, seed, device=device)
-    _check_arch(arch)
+    if arch not in ARCHS:
+        known = ", ".join((*ARCHS, "demo", *family_archs()))
+        raise ValueError(f"arch {arch!r} is not one of {known}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     tok = make_tokenizer()

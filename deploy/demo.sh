@@ -25,7 +25,7 @@ PIXELS=(--set family=qwen3_vl --set min_pixels=9216 --set max_pixels=25600)
 MODEL_PIXELS=(--set model.min_pixels=9216 --set model.max_pixels=25600)
 PROMPT="Locate every shape."
 
-step "demo model (pre-trained on shapes, ~3 min) and synthetic data"
+step "demo model (a small Qwen3-VL pre-trained on shapes, 3-5 min) and synthetic data"
 [[ -d demo/demo-qwen ]] || vlmjobs dev make-model demo/demo-qwen --arch demo --seed 0
 [[ -d demo/shapes ]] || vlmjobs dev make-shapes demo/shapes --style demo --n 320 --seed 0
 [[ -d demo/heldout ]] || vlmjobs dev make-shapes demo/heldout --style demo --n 40 --seed 1 --duplicates 0

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The whole flow on a model that learns to draw boxes, CPU only, in about ten minutes:
-#   pre-train a small Qwen2.5-VL on synthetic shapes (`dev make-model --arch demo`) ->
+#   pre-train a small Qwen3-VL on synthetic shapes (`dev make-model --arch demo`) ->
 #   `vlmjobs up` (Redis, SQLite, one worker, beat) -> clean -> train (LoRA on top) ->
 #   infer on held-out shapes with the trained adapter -> score, overlays, loss curves ->
 #   `vlmjobs down`.
@@ -20,14 +20,14 @@ vlmjobs() { .venv/bin/vlmjobs "$@"; }
 
 step() { printf '\n== %s\n' "$*"; }
 
-# The demo's pixel frame (dev/pretrain.py): ~112 px images -> 16 image tokens.
-PIXELS=(--set min_pixels=7056 --set max_pixels=19600)
-MODEL_PIXELS=(--set model.min_pixels=7056 --set model.max_pixels=19600)
+# The demo's pixel frame (dev/pretrain.py): ~112 px images -> 9-16 image tokens of 32 px.
+PIXELS=(--set family=qwen3_vl --set min_pixels=9216 --set max_pixels=25600)
+MODEL_PIXELS=(--set model.min_pixels=9216 --set model.max_pixels=25600)
 PROMPT="Locate every shape."
 
-step "demo model (pre-trained on shapes, ~3 min) and synthetic data"
+step "demo model (a small Qwen3-VL pre-trained on shapes, 3-5 min) and synthetic data"
 [[ -d demo/demo-qwen ]] || vlmjobs dev make-model demo/demo-qwen --arch demo --seed 0
-[[ -d demo/shapes ]] || vlmjobs dev make-shapes demo/shapes --style demo --n 96 --seed 0
+[[ -d demo/shapes ]] || vlmjobs dev make-shapes demo/shapes --style demo --n 320 --seed 0
 [[ -d demo/heldout ]] || vlmjobs dev make-shapes demo/heldout --style demo --n 40 --seed 1 --duplicates 0
 
 step "local stack"
@@ -47,7 +47,7 @@ train=$(vlmjobs submit train deploy/examples/train.yaml \
   --set lora.r=8 --set "lora.targets=[q_proj,k_proj,v_proj,o_proj]" --set optim.lr=1e-3 \
   --set micro_batch_size=8 --set max_steps=30 --set log_every_steps=5 \
   --set checkpoint.every_steps=10 --set eval.every_steps=10 --set eval.max_samples=8 \
-  --set eval.max_new_tokens=48 --set eval.metric=region_f1 \
+  --set eval.max_new_tokens=64 --set eval.metric=region_f1 \
   --name demo-train --wait)
 vlmjobs status "$train"
 
@@ -55,7 +55,7 @@ step "infer: label the held-out images with the trained adapter"
 infer=$(vlmjobs submit infer deploy/examples/infer.yaml \
   --set model.path=demo/demo-qwen --set "model.adapter=job:$train" --set model.dtype=fp32 \
   "${MODEL_PIXELS[@]}" \
-  --set "inputs=[demo/heldout/images]" --set batch_size=8 --set max_new_tokens=48 \
+  --set "inputs=[demo/heldout/images]" --set batch_size=8 --set max_new_tokens=64 \
   --name demo-infer --wait)
 vlmjobs status "$infer"
 

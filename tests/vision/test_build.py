@@ -82,5 +82,10 @@ def test_real_configs_have_the_real_size(arch, params, hidden, layers, vocab, ti
 
 
 def test_unknown_arch_is_named():
-    with pytest.raises(ValueError, match="'13b'.*tiny, demo, 3b, 7b"):
+    with pytest.raises(ValueError, match="'13b'.*tiny, 3b, 7b"):
         build.model_config("13b")
+
+
+def test_make_model_names_every_arch_it_builds(tmp_path):
+    with pytest.raises(ValueError, match="'13b'.*tiny, 3b, 7b, demo, tiny-qwen2vl"):
+        build.make_model(tmp_path / "m", "13b")

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from vlmjobs.dev.shapes import COLOURS, SHAPES, STYLES, make_shapes, size_word
+from vlmjobs.dev.shapes import COLOURS, SHAPES, STYLES, make_image, make_shapes, size_word
+from vlmjobs.dev.shapes_score import matched_ious
 
 N = 40
 
@@ -113,9 +114,10 @@ def test_zero_images_is_refused(tmp_path):
         make_shapes(tmp_path, n=0)
 
 
-def test_demo_style_is_small_ramped_and_one_shape_of_few_kinds(tmp_path):
+def test_demo_style_is_small_plain_and_one_shape_of_few_kinds(tmp_path):
     root = make_shapes(tmp_path / "demo", n=30, seed=1, duplicates=0.0, style="demo")
     look = STYLES["demo"]
+    lefts, sides = set(), set()
     for row in _rows(root / "truth.jsonl"):
         assert look.min_side <= min(row["width"], row["height"]) <= row["width"] <= look.max_side
         (region,) = row["regions"]
@@ -125,17 +127,29 @@ def test_demo_style_is_small_ramped_and_one_shape_of_few_kinds(tmp_path):
         x1, y1, x2, y2 = region["bbox"]
         outside = np.ones(pixels.shape[:2], dtype=bool)
         outside[y1:y2, x1:x2] = False
-        # outside the shape's box, the background's red rises left to right, green top to
-        # bottom, blue stays: each background pixel's colour says where it is
-        h, w = pixels.shape[:2]
-        red = np.linspace(150.0, 250.0, w).astype(np.uint8)[None, :].repeat(h, axis=0)
-        green = np.linspace(150.0, 250.0, h).astype(np.uint8)[:, None].repeat(w, axis=1)
-        assert (pixels[..., 0][outside] == red[outside]).all()
-        assert (pixels[..., 1][outside] == green[outside]).all()
-        assert (pixels[..., 2][outside] == 235).all()
+        assert (pixels[outside] == 255).all()  # a plain white background
         assert (pixels[y1:y2, x1:x2] == COLOURS[colour]).all(axis=2).any()  # the shape is there
+        short = min(row["width"], row["height"])
         # a star spans ~95% of its box: allow 10%
-        assert (x2 - x1) >= 0.9 * look.min_share * min(row["width"], row["height"])
+        assert 0.9 * look.min_share * short <= x2 - x1 <= look.max_share * short
+        lefts.add(x1), sides.add(x2 - x1)
+    assert len(lefts) > 15 and len(sides) > 10  # places and sizes are not snapped to a grid
+
+
+def test_demo_style_gives_a_constant_box_no_pass():
+    """The demo's target (mean IoU and F1 at IoU 0.5 both >= 0.5) must take real localising:
+    the best box that ignores the image stays far below it on the demo style."""
+    best_mean, best_hits = 0.0, 0.0
+    for margin in np.linspace(0.1, 0.45, 15):
+        ious = []
+        for index in range(1, 201):
+            image, regions = make_image(1, index, "demo")
+            w, h = image.size
+            box = np.array([[margin * w, margin * h, (1 - margin) * w, (1 - margin) * h]])
+            ious += matched_ious(box, np.array([r["bbox"] for r in regions], dtype=float))
+        best_mean = max(best_mean, float(np.mean(ious)))
+        best_hits = max(best_hits, float(np.mean(np.array(ious) >= 0.5)))
+    assert best_mean < 0.4 and best_hits < 0.25
 
 
 def test_unknown_style_is_named(tmp_path):

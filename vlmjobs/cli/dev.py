@@ -28,7 +28,7 @@ def dev() -> None:
     ),
     default="tiny",
     show_default=True,
-    help="tiny: tests (~0.45 M params, random); demo: ~1.9 M params pre-trained on demo "
+    help="tiny: tests (~0.45 M params, random); demo: a ~2.5 M-param Qwen3-VL pre-trained on demo "
     "shapes (2-3 min on CPU); 3b/7b: the real Qwen2.5-VL architectures, random weights; "
     "tiny-qwen2vl / tiny-qwen3vl / tiny-qwen3vlmoe: tiny Qwen2-VL / Qwen3-VL / Qwen3-VL-MoE; "
     "qwen3vl-2b/4b/8b: the real Qwen3-VL architectures, random weights; "

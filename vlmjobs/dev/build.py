@@ -32,7 +32,9 @@ from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLIm
 
 from vlmjobs.dev.corpus import corpus
 
-ARCHS = ("tiny", "demo", "3b", "7b")
+# Qwen2.5-VL archs built here; ``demo`` (a Qwen3-VL pre-trained on shapes) is
+# dev/build_demo.py's, the other families' are dev/build_family.py's.
+ARCHS = ("tiny", "3b", "7b")
 # The BPE merges learned on the corpus; specials are added after them.
 BPE_VOCAB = 2048
 # Qwen2's own pre-tokenizer: digits split one by one, so numbers tokenize like the real model.
@@ -90,16 +92,6 @@ _TEXT: dict[str, dict[str, Any]] = {
         max_position_embeddings=8192,
         mrope_section=[2, 3, 3],  # sums to head_dim / 2 = 8
     ),
-    "demo": dict(
-        hidden_size=128,
-        intermediate_size=384,
-        num_hidden_layers=4,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_window_layers=4,
-        max_position_embeddings=8192,
-        mrope_section=[4, 6, 6],  # sums to head_dim / 2 = 16
-    ),
     "3b": dict(
         hidden_size=2048,
         intermediate_size=11008,
@@ -125,11 +117,10 @@ _TEXT: dict[str, dict[str, Any]] = {
 }
 _VISION: dict[str, dict[str, Any]] = {
     "tiny": dict(depth=2, hidden_size=64, intermediate_size=128, num_heads=4, fullatt=[1]),
-    "demo": dict(depth=2, hidden_size=128, intermediate_size=256, num_heads=4, fullatt=[1]),
     "3b": dict(depth=32, hidden_size=1280, intermediate_size=3420, num_heads=16),
     "7b": dict(depth=32, hidden_size=1280, intermediate_size=3420, num_heads=16),
 }
-_TIED = {"tiny": True, "demo": True, "3b": True, "7b": False}
+_TIED = {"tiny": True, "3b": True, "7b": False}
 
 
 def _check_arch(arch: str) -> None:
@@ -259,14 +250,14 @@ def random_model(
 ) -> Qwen2_5_VLForConditionalGeneration:
     """Random weights of ``arch`` built straight on ``device``, nothing written to disk.
 
-    dtype: fp32 for tiny and demo, bf16 (the real checkpoints' dtype) for 3b/7b unless given.
+    dtype: fp32 for tiny, bf16 (the real checkpoints' dtype) for 3b/7b unless given.
     Same ``seed`` -> identical weights.
     """
     _check_arch(arch)
     config = model_config(arch)
     if attn_implementation:
         config._attn_implementation = attn_implementation
-    dtype = dtype or (torch.float32 if arch in ("tiny", "demo") else torch.bfloat16)
+    dtype = dtype or (torch.float32 if arch == "tiny" else torch.bfloat16)
     config.dtype = dtype
     torch.manual_seed(seed)
     previous = torch.get_default_dtype()
@@ -290,14 +281,20 @@ def make_model(
 
     Same ``seed`` -> identical weights and files. 3b/7b are built in bf16 (their real
     dtype; ~7.5 / 16 GB); pass ``device="cuda"`` to build them fast on a GPU. ``demo``
-    is then pre-trained on demo-style shapes (dev/pretrain.py, ~2-3 min on 2 CPU
-    cores, progress to ``log``), so that fine-tuning it briefly yields real boxes.
+    is a small Qwen3-VL pre-trained on demo-style shapes (dev/build_demo.py, ~2-3 min
+    on 2 CPU cores, progress to ``log``), so that fine-tuning it briefly yields real boxes.
     """
+    if arch == "demo":
+        from vlmjobs.dev.build_demo import make_demo_model
+
+        return make_demo_model(out, seed, log=log)
     if arch in family_archs():  # Qwen2-VL / Qwen3-VL: dev/build_family.py
         from vlmjobs.dev.build_family import make_family_model
 
         return make_family_model(out, arch, seed, device=device)
-    _check_arch(arch)
+    if arch not in ARCHS:
+        known = ", ".join((*ARCHS, "demo", *family_archs()))
+        raise ValueError(f"arch {arch!r} is not one of {known}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     tok = make_tokenizer()
@@ -305,17 +302,7 @@ def make_model(
     model.generation_config = generation_config()
     model.save_pretrained(out)
     tok.save_pretrained(out)
-    if arch != "demo":
-        _save_preprocessor(out)
-        return out
-    from vlmjobs.dev.pretrain import PretrainPlan, pretrain_on_shapes
-    from vlmjobs.vision.model import load_processor
-
-    plan = PretrainPlan(seed=seed)
-    _save_preprocessor(out, plan.min_pixels, plan.max_pixels)
-    processor = load_processor(out, min_pixels=plan.min_pixels, max_pixels=plan.max_pixels)
-    pretrain_on_shapes(model, processor, plan, log)
-    model.save_pretrained(out)
+    _save_preprocessor(out)
     return out
 
 

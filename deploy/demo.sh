@@ -67,5 +67,6 @@ vlmjobs metrics "$train" --plot demo/train-curves.png > demo/train-metrics.txt
 vlmjobs status
 echo
 vlmjobs dev score-shapes "$infer" demo/heldout/truth.jsonl
-echo "gallery: $PWD/demo/gallery (loss curves: demo/train-curves.png, COCO: demo/preds.coco.json)"
+echo "gallery: $PWD/demo/gallery (loss curves: demo/demo-qwen/pretrain-curves.png from" \
+  "scratch, demo/train-curves.png for the LoRA job; COCO: demo/preds.coco.json)"
 echo "demo took $((SECONDS - started)) s"

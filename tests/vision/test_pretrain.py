@@ -53,6 +53,17 @@ def test_a_few_steps_train_every_weight(built: tuple[Path, list[str]]) -> None:
     assert len(changed) == len(before)  # full training, vision tower included
 
 
+def test_the_pretraining_curve_is_written_beside_the_model(built: tuple[Path, list[str]]) -> None:
+    """What the demo shows as its falling loss: every step's loss and lr, and their PNG."""
+    import csv
+
+    path, lines = built
+    rows = list(csv.DictReader((path / "pretrain_metrics.csv").open()))
+    assert [r["step"] for r in rows] == ["1", "2", "3"]
+    assert all(0 < float(r["loss"]) < 10 and float(r["lr"]) > 0 for r in rows)
+    assert (path / "pretrain-curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
 def test_pretraining_is_deterministic_per_seed(built: tuple[Path, list[str]]) -> None:
     """Same seed, same weights: the images come from (seed, index), torch is seeded."""
     plan = PretrainPlan(steps=2, batch_size=2, warmup=1, seed=3)

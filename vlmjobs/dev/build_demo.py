@@ -113,7 +113,8 @@ def make_demo_model(
 ) -> Path:
     """Build the demo model, pre-train it on demo shapes (``plan``: a
     :class:`~vlmjobs.dev.pretrain.PretrainPlan`, the default one unless given) and
-    write the checkpoint to ``out``; returns ``out``."""
+    write the checkpoint to ``out``, with its loss curve (``pretrain_metrics.csv`` and
+    ``pretrain-curves.png``, as ``vlmjobs metrics`` writes a job's); returns ``out``."""
     from vlmjobs.dev.pretrain import PretrainPlan, pretrain_on_shapes
     from vlmjobs.vision.model import load_processor
 
@@ -129,9 +130,22 @@ def make_demo_model(
     model.generation_config = generation_config()
     model.config.save_pretrained(out)  # the processor's loader reads the family from it
     processor = load_processor(out, min_pixels=plan.min_pixels, max_pixels=plan.max_pixels)
-    pretrain_on_shapes(model, processor, plan, log)
+    curve: list[tuple[int, str, float]] = []
+    pretrain_on_shapes(model, processor, plan, log, curve)
     model.save_pretrained(out)
+    _write_curve(out, curve)
     return out
+
+
+def _write_curve(out: Path, curve: list[tuple[int, str, float]]) -> None:
+    """The pre-training's loss and lr per step, as a CSV and a PNG (the demo shows the PNG:
+    its LoRA job starts from this model, so that job's own curve is nearly flat)."""
+    from vlmjobs.cli.metrics import pivot, plot, write_csv
+
+    table = pivot([(step, name, value) for step, name, value in curve])
+    with (out / "pretrain_metrics.csv").open("w") as stream:
+        write_csv(table, stream)
+    plot(table, out / "pretrain-curves.png", "demo model: pre-training on shapes")
 
 
 def _pin_pixels(out: Path, min_pixels: int, max_pixels: int) -> None:

@@ -105,11 +105,16 @@ class ShapesBatches(torch.utils.data.IterableDataset):
 
 
 def pretrain_on_shapes(
-    model: Any, processor: Any, plan: PretrainPlan, log: Callable[[str], None] = print
+    model: Any,
+    processor: Any,
+    plan: PretrainPlan,
+    log: Callable[[str], None] = print,
+    curve: list[tuple[int, str, float]] | None = None,
 ) -> float:
     """Train all of ``model``'s weights on demo shapes for ``plan.steps`` steps, in place.
 
-    Returns the mean loss of the last 20 steps (answer tokens, nats).
+    Returns the mean loss of the last 20 steps (answer tokens, nats). ``curve``, when given,
+    gets (step, "loss" | "lr", value) per step: the metric rows a train job writes.
     """
     torch.manual_seed(plan.seed)
     # One worker keeps the batches in stream order: the same seed gives the same weights.
@@ -129,6 +134,8 @@ def pretrain_on_shapes(
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         losses.append(float(loss.detach()))
+        if curve is not None:
+            curve += [(step + 1, "loss", losses[-1]), (step + 1, "lr", lr_at(step, plan))]
         if (step + 1) % 50 == 0 or step + 1 == plan.steps:
             log(
                 f"pretrain step {step + 1}/{plan.steps} loss {np.mean(losses[-50:]):.3f} "

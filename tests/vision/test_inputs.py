@@ -98,3 +98,27 @@ def test_mismatched_rows_are_refused(tiny, n_images, n_prompts, answers, message
     images = [Image.new("RGB", (60, 60))] * n_images
     with pytest.raises(ValueError, match=message):
         build_inputs(processor, images, ["p"] * n_prompts, answers=answers)
+
+
+def test_no_warning_per_batch_for_a_template_without_thinking(tiny) -> None:
+    """enable_thinking goes only to templates that read it (Qwen3.5's): transformers warned
+    once per processor call otherwise, ~12,000 lines in the demo's log."""
+    import logging
+
+    from transformers.utils import logging as hf_logging
+
+    _, processor = tiny
+    assert "enable_thinking" not in str(processor.chat_template)
+    seen: list[str] = []
+
+    class Catch(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            seen.append(record.getMessage())
+
+    handler = Catch()
+    hf_logging.get_logger("transformers").addHandler(handler)
+    try:
+        build_inputs(processor, _images()[:1], ["Locate every shape."])
+    finally:
+        hf_logging.get_logger("transformers").removeHandler(handler)
+    assert not [m for m in seen if "processor_kwargs" in m], seen

@@ -60,14 +60,17 @@ def build_inputs(
         raise ValueError("build_inputs needs at least one row")
     side = padding_side or ("left" if answers is None else "right")
     rows = answers if answers is not None else [None] * len(prompts)
+    # Qwen3.5's template opens a thinking block unless told not to (its answer would start
+    # with reasoning, not the JSON). Only a template that reads the flag gets it: transformers
+    # warns on every call about a keyword the template does not use.
+    template = str(getattr(processor, "chat_template", None) or "")
+    thinking = {"enable_thinking": False} if "enable_thinking" in template else {}
     texts = [
         processor.apply_chat_template(
             messages_for(p, system=system, answer=a),
             tokenize=False,
             add_generation_prompt=answers is None,
-            # Qwen3.5's template opens a thinking block unless told not to (its answer would
-            # start with reasoning, not the JSON); the other families' templates ignore it.
-            enable_thinking=False,
+            **thinking,
         )
         for p, a in zip(prompts, rows, strict=True)
     ]

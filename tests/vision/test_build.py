@@ -89,3 +89,15 @@ def test_unknown_arch_is_named():
 def test_make_model_names_every_arch_it_builds(tmp_path):
     with pytest.raises(ValueError, match="'13b'.*tiny, 3b, 7b, demo, tiny-qwen2vl"):
         build.make_model(tmp_path / "m", "13b")
+
+
+def test_adding_a_task_does_not_change_the_tiny_tokenizer(monkeypatch) -> None:
+    """The corpus names its tasks itself: a new task (and its prompt) must not reorder the
+    BPE merges, which would change every fixture model and the demo model's weights."""
+    from vlmjobs.dev.build import make_tokenizer
+    from vlmjobs.vision import tasks
+
+    before = make_tokenizer().get_vocab()
+    monkeypatch.setattr(tasks, "TASKS", (*tasks.TASKS, "summarise"))
+    monkeypatch.setitem(tasks.PARSERS, "summarise", "text")
+    assert make_tokenizer().get_vocab() == before

@@ -8,7 +8,7 @@ frames, regions, parsing).
 
 import logging
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 
 # bitsandbytes' CPU backend warns on import, on CPUs with AVX512-BF16, that it could not
 # fetch an optional kernel from the Hugging Face hub. vlmjobs never downloads at run time,

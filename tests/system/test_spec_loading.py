@@ -127,3 +127,13 @@ def test_cli_unknown_job_id_is_exit_2(vlmjobs_cli) -> None:
         res = vlmjobs_cli(*args)
         assert res.exit_code == 2, (args, res.output)
         assert "no job" in res.stderr
+
+
+def test_our_validators_speak_without_pydantics_tag(tmp_path: Path) -> None:
+    """A validator's sentence is shown as written, not as 'Value error, ...'."""
+    spec = tmp_path / "infer.yaml"
+    spec.write_text(f"model: {{path: Qwen/x}}\ninputs: [{tmp_path}]\ntask: detect\n")
+    with pytest.raises(SpecError) as caught:
+        load_spec("infer", spec, [])
+    messages = [message for _, message in caught.value.problems]
+    assert messages == ["task 'detect' needs labels: the object names to find"]

@@ -128,6 +128,8 @@ def _message(err: Any) -> str:
     if err["type"] == "extra_forbidden":
         return "unknown key (check its spelling and nesting)"
     msg = str(err["msg"])
+    if err["type"] == "value_error":  # our validators' own sentences, without pydantic's tag
+        msg = msg.removeprefix("Value error, ")
     if err["type"] not in ("missing", "value_error") and "input" in err:
         msg += f" (got {clip(err['input'])})"
     return msg

@@ -258,13 +258,19 @@ def random_model(
     if attn_implementation:
         config._attn_implementation = attn_implementation
     dtype = dtype or (torch.float32 if arch == "tiny" else torch.bfloat16)
+    return seeded_model(Qwen2_5_VLForConditionalGeneration, config, seed, device, dtype)
+
+
+def seeded_model(cls: Any, config: Any, seed: int, device: str, dtype: torch.dtype) -> Any:
+    """``cls(config)`` with random weights drawn from ``seed``, built straight on ``device``
+    in ``dtype`` (the default dtype is set for the build and restored)."""
     config.dtype = dtype
     torch.manual_seed(seed)
     previous = torch.get_default_dtype()
     torch.set_default_dtype(dtype)
     try:
         with torch.device(device):
-            return Qwen2_5_VLForConditionalGeneration(config)
+            return cls(config)
     finally:
         torch.set_default_dtype(previous)
 

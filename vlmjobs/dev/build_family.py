@@ -36,6 +36,7 @@ from vlmjobs.dev.build import (
     generation_config,
     make_image_processor,
     make_tokenizer,
+    seeded_model,
     special_ids,
 )
 from vlmjobs.vision.family import FAMILIES, Family
@@ -208,16 +209,7 @@ def random_family_model(
     """Random weights of ``arch`` on ``device``; fp32 for the tiny ones, bf16 otherwise."""
     config = model_config(arch)
     dtype = dtype or (torch.float32 if arch.startswith("tiny") else torch.bfloat16)
-    config.dtype = dtype
-    cls = arch_family(arch).load_class()
-    torch.manual_seed(seed)
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
-        with torch.device(device):
-            return cls(config)
-    finally:
-        torch.set_default_dtype(previous)
+    return seeded_model(arch_family(arch).load_class(), config, seed, device, dtype)
 
 
 def make_family_model(out: Path, arch: str, seed: int = 0, *, device: str = "cpu") -> Path:

@@ -11,16 +11,20 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from vlmjobs.errors import ModelLoadError
+from vlmjobs.recipes.context import OutputRecord, RegionRecord
 from vlmjobs.recipes.refs import is_job_ref, resolve_job_ref
 from vlmjobs.specs.common import ModelSpec
 from vlmjobs.specs.infer import DedupSpec, InferSpec
 from vlmjobs.vision import tasks
 from vlmjobs.vision.family import DEFAULT, Family
+
+if TYPE_CHECKING:
+    from vlmjobs.vision.generate import Generation
 
 
 @dataclass
@@ -30,6 +34,43 @@ class Parsed:
     status: str  # ok | repaired | truncated | empty | unparseable
     regions: Any = None  # vision.regions.Regions in ORIGINAL pixels, or None
     extra: dict[str, Any] = field(default_factory=dict)
+
+
+def answer_record(
+    gen: Generation,
+    parsed: Parsed,
+    *,
+    key: str,
+    source: str,
+    size: tuple[int, int],
+    frame: tuple[int, int],
+    latency_ms: float,
+    t_start: float | None,
+    t_end: float | None,
+    extra: dict[str, Any],
+    regions: list[RegionRecord] | None = None,
+) -> OutputRecord:
+    """The output row of one generated answer (an image, a video frame or a clip): its text,
+    how it parsed, the original ``size`` and model ``frame`` (w, h), token counts, ``extra``
+    beside the parser's own, and the regions kept."""
+    return OutputRecord(
+        item_key=key,
+        source=source,
+        status="ok",
+        raw_text=gen.text,
+        parse_status=parsed.status,
+        image_w=size[0],
+        image_h=size[1],
+        input_w=frame[0],
+        input_h=frame[1],
+        prompt_tokens=gen.prompt_tokens,
+        generated_tokens=len(gen.token_ids),
+        latency_ms=latency_ms,
+        t_start=t_start,
+        t_end=t_end,
+        extra={"finished": gen.finished, **extra, **parsed.extra},
+        regions=regions or [],
+    )
 
 
 @dataclass

@@ -34,7 +34,7 @@ from typing import Any
 from vlmjobs.recipes.context import JobContext, OutputRecord, RegionRecord
 from vlmjobs.recipes.infer.inputs import count_items
 from vlmjobs.recipes.infer.memory import plan_batch
-from vlmjobs.recipes.infer.plan import Plan, make_plan
+from vlmjobs.recipes.infer.plan import Plan, answer_record, make_plan
 from vlmjobs.recipes.infer.producer import Ready, Unit, image_inputs, run_producer
 from vlmjobs.recipes.infer.score import region_scores
 from vlmjobs.recipes.infer.video import (
@@ -255,26 +255,17 @@ def _output(
             RegionRecord(x1, y1, x2, y2, phrase=phrase, score=score)
             for (x1, y1, x2, y2), phrase, score in kept
         ]
-    return OutputRecord(
-        item_key=ready.key,
+    return answer_record(
+        gen,
+        parsed,
+        key=ready.key,
         source=ready.source,
-        status="ok",
-        raw_text=gen.text,
-        parse_status=parsed.status,
-        image_w=ready.size[0],
-        image_h=ready.size[1],
-        input_w=ready.frame[0],
-        input_h=ready.frame[1],
-        prompt_tokens=gen.prompt_tokens,
-        generated_tokens=len(gen.token_ids),
+        size=ready.size,
+        frame=ready.frame,
         latency_ms=latency_ms,
         t_start=ready.time,
         t_end=ready.time,
-        extra={
-            "finished": gen.finished,
-            "mean_logprob": _mean(gen.logprobs),
-            **parsed.extra,
-        },
+        extra={"mean_logprob": _mean(gen.logprobs)},
         regions=regions,
     )
 

@@ -27,7 +27,7 @@ from PIL import Image
 
 from vlmjobs.recipes.context import OutputRecord
 from vlmjobs.recipes.infer.inputs import RawItem
-from vlmjobs.recipes.infer.plan import Plan
+from vlmjobs.recipes.infer.plan import Plan, answer_record
 from vlmjobs.specs.infer import InferSpec
 from vlmjobs.vision.generate import Generation, Generator
 from vlmjobs.vision.video import (
@@ -214,27 +214,20 @@ def describe_output(
 ) -> OutputRecord:
     """The row of one described clip: the answer as text, the seconds it covers."""
     parsed = plan.parse(gen.text, clip.frame, clip.size, finished=gen.finished)
-    return OutputRecord(
-        item_key=clip.key,
+    return answer_record(
+        gen,
+        parsed,
+        key=clip.key,
         source=clip.source,
-        status="ok",
-        raw_text=gen.text,
-        parse_status=parsed.status,
-        image_w=clip.size[0],
-        image_h=clip.size[1],
-        input_w=clip.frame[0],
-        input_h=clip.frame[1],
-        prompt_tokens=gen.prompt_tokens,
-        generated_tokens=len(gen.token_ids),
+        size=clip.size,
+        frame=clip.frame,
         latency_ms=latency_ms,
         t_start=clip.t_start,
         t_end=clip.t_end,
         extra={
-            "finished": gen.finished,
             "frames": len(clip.times),
             "frame_times": clip.times,
             "sampled_fps": round(clip.sampled_fps, 6),
-            **parsed.extra,
         },
     )
 

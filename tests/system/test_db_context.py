@@ -145,3 +145,21 @@ def test_add_sources_records_every_source_once(ctx: WorkerContext) -> None:
     with session() as s:
         row = s.scalars(select(Output).where(Output.job_id == ctx.job_id)).one()
     assert row.extra["sources"] == ["src/a", "copy/a.png", "tar!a.png"]
+
+
+def test_an_owner_that_lost_the_job_after_its_last_write_ends_nothing(ctx: WorkerContext) -> None:
+    """Frozen between its recipe's last fenced write and its finish: the result is dropped,
+    and the job's log (not only the worker's) says the attempt stopped."""
+    from vlmjobs.worker import wrapper
+
+    assert lifecycle.requeue_own(ctx.lease, "test: taken over", count_attempt=True) is not None
+    second = _claimed(ctx.job_id)
+    wrapper._on_result(ctx.lease, ctx, {"value": "stale"})
+    wrapper._on_error(ctx.lease, ctx, OSError("a retryable error of the old owner"))
+    with session() as s:
+        job = s.get_one(Job, ctx.job_id)
+        assert (job.state, job.fence, job.result) == ("running", second.lease.token, None)
+    log = (ctx.workdir / "job.log").read_text()
+    assert "attempt 1 stopped: LostOwnership: another attempt owns the job now; its end as " in log
+    assert "its end as succeeded is dropped" in log
+    assert "a retryable error of the old owner" in log and log.endswith("not re-queued\n")

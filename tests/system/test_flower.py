@@ -70,8 +70,14 @@ def test_flower_needs_auth_and_shows_our_workers_queues_and_tasks(
     worker = start_worker()
     assert _get(flower + "/api/workers", None)[0] == 401
     assert _get(flower + "/api/workers", "admin:wrong")[0] == 401
-    status, workers = _get(flower + "/api/workers?refresh=1", AUTH)
-    assert status == 200 and any(name.startswith(f"cpu.{worker.pid}@") for name in workers)
+    deadline = time.monotonic() + 30
+    while True:  # Flower asks the workers with a 1 s inspect timeout: a busy one may miss it
+        status, workers = _get(flower + "/api/workers?refresh=1", AUTH)
+        assert status == 200, status
+        if any(name.startswith(f"cpu.{worker.pid}@") for name in workers or {}):
+            break
+        assert time.monotonic() < deadline, workers
+        time.sleep(0.5)
     _, queues = _get(flower + "/api/queues/length", AUTH)
     assert {q["name"] for q in queues["active_queues"]} == {"cpu", "gpu"}
 

@@ -85,14 +85,25 @@ def _state_or_missing(job_id: int) -> str:
         return "missing"
 
 
-def _finish(c: Lease, state: State, message: str, level: str = "info", **values: Any) -> None:
+def _finish(
+    c: Lease, ctx: WorkerContext, state: State, message: str, level: str = "info", **values: Any
+) -> None:
     if not lifecycle.finish(c, state, message, level, **values):
-        logger.warning("job %s: lost ownership before finishing as %s", c.job_id, state)
+        _stopped(c, ctx, f"its end as {state.value} is dropped")
 
 
-def _requeue_own(c: Lease, reason: str, *, count_attempt: bool) -> None:
+def _requeue_own(c: Lease, ctx: WorkerContext, reason: str, *, count_attempt: bool) -> None:
     if not dispatch(lifecycle.requeue_own(c, reason, count_attempt=count_attempt)):
-        logger.warning("job %s: not re-queued (no longer ours)", c.job_id)
+        _stopped(c, ctx, "not re-queued")
+
+
+def _stopped(c: Lease, ctx: WorkerContext, what: str) -> None:
+    # The lease can be lost after the recipe's last fenced write (a worker frozen
+    # between it and here): the job's log says so, as when a write is refused.
+    ctx.log.warning(
+        "attempt %s stopped: LostOwnership: another attempt owns the job now; %s", c.attempt, what
+    )
+    logger.warning("job %s: attempt %s lost ownership; %s", c.job_id, c.attempt, what)
 
 
 def _on_result(c: Lease, ctx: WorkerContext, result: Any) -> None:
@@ -100,13 +111,14 @@ def _on_result(c: Lease, ctx: WorkerContext, result: Any) -> None:
     if ctx.lost():
         ctx.log.warning("attempt %s stopped: another attempt owns the job now", c.attempt)
     elif ctx.cancel_requested():
-        _finish(c, State.cancelled, "cancelled; outputs kept", result=result)
+        _finish(c, ctx, State.cancelled, "cancelled; outputs kept", result=result)
     elif WORKER.flags.shutdown.is_set() and ctx.stop_seen:
-        _requeue_own(c, "worker shutting down: re-queued to resume", count_attempt=False)
+        _requeue_own(c, ctx, "worker shutting down: re-queued to resume", count_attempt=False)
     elif WORKER.flags.time_limit.is_set() and ctx.stop_seen:
         limit = c.spec.get("time_limit_s")
         _finish(
             c,
+            ctx,
             State.failed,
             "time limit exceeded",
             "error",
@@ -114,7 +126,7 @@ def _on_result(c: Lease, ctx: WorkerContext, result: Any) -> None:
             error=f"time limit exceeded (time_limit_s={limit}): raise it or split the job",
         )
     else:
-        _finish(c, State.succeeded, "succeeded", result=result)
+        _finish(c, ctx, State.succeeded, "succeeded", result=result)
 
 
 def _on_error(c: Lease, ctx: WorkerContext, exc: BaseException) -> None:
@@ -125,16 +137,16 @@ def _on_error(c: Lease, ctx: WorkerContext, exc: BaseException) -> None:
         return
     ctx.log.error("attempt %s failed: %s\n%s", c.attempt, error, tb)
     if ctx.cancel_requested():
-        _finish(c, State.cancelled, f"cancelled ({error})", error=error)
+        _finish(c, ctx, State.cancelled, f"cancelled ({error})", error=error)
     elif WORKER.flags.shutdown.is_set() or isinstance(exc, (KeyboardInterrupt, SystemExit)):
-        _requeue_own(c, f"worker shutting down ({error}): re-queued", count_attempt=False)
+        _requeue_own(c, ctx, f"worker shutting down ({error}): re-queued", count_attempt=False)
     elif retryable(exc) and c.attempt < c.max_attempts:
-        _requeue_own(c, f"attempt {c.attempt} failed ({error}): retrying", count_attempt=True)
+        _requeue_own(c, ctx, f"attempt {c.attempt} failed ({error}): retrying", count_attempt=True)
     elif isinstance(exc, OSError) and disk_full(exc):
         full = disk_full_error(exc, ctx.workdir)
-        _finish(c, State.failed, full, "error", error=full, traceback=tb)
+        _finish(c, ctx, State.failed, full, "error", error=full, traceback=tb)
     else:
-        _finish(c, State.failed, error, "error", error=error, traceback=tb)
+        _finish(c, ctx, State.failed, error, "error", error=error, traceback=tb)
 
 
 def run_job(job_id: int) -> None:

@@ -9,6 +9,8 @@
 #   bash bench/gpu_suite.sh targets   # the seed, then the issue-sized jobs: infer over 1,000
 #                                     # images, train 10 epochs over 200 samples (~10 min)
 #   bash bench/gpu_suite.sh video     # the seed's generate, then bench/video.py: detect on 60 s
+#   bash bench/gpu_suite.sh profile   # a train and an infer job under torch.profiler (no seed)
+#   bash bench/gpu_suite.sh train10   # the seed's training, then the train job over 10 epochs
 #   bash bench/gpu_suite.sh --tiny    # CPU, tiny model, the same code path (timings mean nothing)
 #
 # The device has python 3.12, torch, transformers and peft but not bitsandbytes, pydantic,
@@ -46,7 +48,10 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 #    (the video mode compares inference only: generate alone).
 seed_runs=(train_seed000_qlora_r4 infer_bf16_b16)
 [[ "${1:-}" == video ]] && seed_runs=(infer_bf16_b16)
-if [[ -f .bench/seed_recipe.py ]]; then
+[[ "${1:-}" == train10 ]] && seed_runs=(train_seed000_qlora_r4)
+if [[ "${1:-}" == profile ]]; then
+    echo "profile: no seed run (nothing is compared)"
+elif [[ -f .bench/seed_recipe.py ]]; then
     timeout 230 "$PY" .bench/seed_recipe.py all "${seed_runs[@]}" \
         > "$OUT/seed.log" 2>&1 || echo "seed recipe: exit $? (log: seed.log)"
     grep -h '^{' "$OUT/seed.log"
@@ -70,6 +75,20 @@ targets)
     OUT="$all/train10" timeout "$left" "$PY" bench/jobs_gpu.py --n 200 --runs train:8:e10 \
         --seed-json "$all/seed_recipe.json" --budget-s $((left - 10))
     echo "suite: $((SECONDS - start)) s; files in $all"
+    exit 0 ;;
+train10)
+    export TORCHINDUCTOR_CACHE_DIR="${TORCHINDUCTOR_CACHE_DIR:-/tmp/vlmjobs-compile-cache}"
+    timeout "$left" "$PY" bench/jobs_gpu.py --n 200 --runs train:8:e10 \
+        --seed-json "$OUT/seed_recipe.json" --budget-s $((left - 10))
+    echo "suite: $((SECONDS - start)) s; files in $OUT"
+    exit 0 ;;
+profile)
+    # One train step window in epoch 2 (vision cache warm) and one full infer batch,
+    # each under torch.profiler: $OUT/*.ops.txt, the phases printed here.
+    TORCHINDUCTOR_CACHE_DIR="${TORCHINDUCTOR_CACHE_DIR:-/tmp/vlmjobs-compile-cache}" \
+        timeout "$left" "$PY" bench/jobs_gpu.py --n 144 --runs train:8:e2:p20,infer:48:p2 \
+        --seed-json "$OUT/seed_recipe.json" --budget-s $((left - 10))
+    echo "suite: $((SECONDS - start)) s; files in $OUT"
     exit 0 ;;
 family)
     timeout "$left" "$PY" bench/family.py --timeout 150

@@ -241,7 +241,7 @@ def part_infer(args: argparse.Namespace) -> dict:
         "model": model | (TINY_PIXELS if args.tiny else FULL_PIXELS), "inputs": [args.images],
         "batch_size": args.batch, "max_new_tokens": args.new_tokens,
         "min_new_tokens": args.new_tokens, "engine": "auto", "preflight": preflight,
-    })  # fmt: skip
+    } | _profile(args, steps=1))  # fmt: skip
     loads = time_loads(infer, args.device)
     job_id, result, timing = run_job("infer", spec, args.device, loads)
     with session() as s:
@@ -259,7 +259,8 @@ def part_infer(args: argparse.Namespace) -> dict:
     row = {"part": f"infer_{args.batch}", "config": config,
            "images": outputs, "outputs_ok": outputs == args.n, "parse_status": statuses,
            "generated_tokens": tokens, "result": result, **timing,
-           "job_images_per_s": result.get("images_per_s"), "events": events(job_id)}  # fmt: skip
+           "job_images_per_s": result.get("images_per_s"), "events": events(job_id),
+           **_profile_ops(job_id)}  # fmt: skip
     if steps and "loaded_at" in loads:
         first = steps[0][2]
         with session() as s:
@@ -286,7 +287,7 @@ def part_train(args: argparse.Namespace) -> dict:
         "epochs": args.epochs or 1,
         "checkpoint": {"every_steps": 10**6 if args.epochs else args.steps},
         "eval": {"generate": False, "max_samples": 8},
-    })  # fmt: skip
+    } | _profile(args, steps=3))  # fmt: skip
     loads = time_loads(train, args.device)
     job_id, result, timing = run_job("train", spec, args.device, loads)
     per_step = metric_rows(job_id, "samples_per_s")
@@ -314,10 +315,25 @@ def part_train(args: argparse.Namespace) -> dict:
     ckpts = sorted(p.name for p in (workdir / "checkpoints").glob("*") if p.is_dir())
     adapter = workdir / "adapter"
     row["checkpoints"] = ckpts
+    row |= _profile_ops(job_id)
     row["adapter_ok"] = all(
         (adapter / f).is_file() for f in ("adapter_model.safetensors", "manifest.json")
     )
     return row
+
+
+def _profile(args: argparse.Namespace, steps: int) -> dict:
+    """The spec's profile block of a :pN run (train: optimizer steps; infer: batches)."""
+    if not args.profile_from:
+        return {}
+    return {"profile": {"start_step": args.profile_from, "steps": steps}}
+
+
+def _profile_ops(job_id: int) -> dict:
+    from vlmjobs import settings
+
+    ops = settings.artifacts_root() / "jobs" / str(job_id) / "profile" / "ops.txt"
+    return {"profile_ops": ops.read_text()} if ops.is_file() else {}
 
 
 def child(args: argparse.Namespace) -> dict:
@@ -358,7 +374,8 @@ def spawn(args: argparse.Namespace, part: str, extra: list[str], timeout: float,
     why = f"exit {proc.returncode} after {time.time() - t:.0f} s (limit {timeout:.0f})"
     row = rows[-1] if rows else {"part": part, "error": f"{why}: {text[-1500:]}"}
     row["process_s"] = round(time.time() - t, 1)
-    print(json.dumps({k: v for k, v in row.items() if k not in ("events", "result")}), flush=True)
+    shown = {k: v for k, v in row.items() if k not in ("events", "result", "profile_ops")}
+    print(json.dumps(shown), flush=True)
     return row
 
 
@@ -419,8 +436,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--tiny", action="store_true", help="CPU, tiny model, small N")
     ap.add_argument("--n", type=int, help="images (default 192; tiny 12)")
-    ap.add_argument("--runs", help="kind:batch[:cap][:eN epochs], comma list (default infer:48,"
-                    "train:8,train:12; tiny infer:4,infer:6:cap,train:2,train:3)")  # fmt: skip
+    ap.add_argument("--runs", help="kind:batch[:cap][:eN epochs][:pN profile from step N], "
+                    "comma list (default infer:48,train:8,train:12; tiny infer:4,infer:6:cap,"
+                    "train:2,train:3)")  # fmt: skip
     ap.add_argument("--cap-gib", type=float, default=11.5, help="GPU cap of the :cap runs")
     ap.add_argument("--seed-json", type=Path, help="seed_recipe.py's JSON of the same call")
     ap.add_argument("--new-tokens", type=int, help="forced new tokens (default 256; tiny 8)")
@@ -431,6 +449,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--capped", type=float, help=argparse.SUPPRESS)
     ap.add_argument("--epochs", type=int, help=argparse.SUPPRESS)
+    ap.add_argument("--profile-from", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--model", help=argparse.SUPPRESS)
     ap.add_argument("--images", help=argparse.SUPPRESS)
     ap.add_argument("--data", help=argparse.SUPPRESS)
@@ -446,11 +465,11 @@ def main() -> None:
         return
     default = "infer:4,infer:6:cap,train:2,train:3" if tiny else "infer:48,train:8,train:12"
     runs = [r.split(":") for r in (args.runs or default).split(",")]
-    flag_ok = {"cap"} | {f"e{n}" for n in range(1, 100)}
+    flag_ok = {"cap"} | {f"e{n}" for n in range(1, 100)} | {f"p{n}" for n in range(1, 1000)}
     bad = [r for r in runs if r[0] not in ("infer", "train") or len(r) < 2 or not r[1].isdigit()
            or not set(r[2:]) <= flag_ok]  # fmt: skip
     if bad:
-        ap.error(f"--runs {bad}: write kind:batch[:cap][:eN], e.g. infer:96:cap or train:8:e2")
+        ap.error(f"--runs {bad}: write kind:batch[:cap][:eN][:pN], e.g. infer:96:cap or train:8:e2")
     run_all(args, runs)
 
 
@@ -477,7 +496,9 @@ def run_all(args: argparse.Namespace, runs: list[list[str]]) -> None:
     for kind, batch, *flags in runs:
         cap = "cap" in flags
         epochs = [f[1:] for f in flags if f.startswith("e")]
+        profile = [f[1:] for f in flags if f.startswith("p")]
         name = f"{kind}_{batch}" + ("_cap" if cap else "") + "".join(f"_e{e}" for e in epochs)
+        name += "".join(f"_p{p}" for p in profile)
         if "error" in rows[0]:
             break
         if left() < 30:
@@ -485,8 +506,12 @@ def run_all(args: argparse.Namespace, runs: list[list[str]]) -> None:
             continue
         extra = ["--batch", batch] + (["--capped", str(args.cap_gib)] if cap else [])
         extra += ["--epochs", epochs[0]] if epochs else []
+        extra += ["--profile-from", profile[0]] if profile else []
         limit = 200 if kind == "infer" else (600 if epochs else 150)  # epochs: as long as left
         rows.append(spawn(args, kind, common + extra, min(limit, left()), out / f"{name}.log"))
+        if ops := rows[-1].pop("profile_ops", None):  # the job's profile/ops.txt
+            (out / f"{name}.ops.txt").write_text(ops)
+            print(ops[ops.index("phases (vlmjobs") :] if "phases (vlmjobs" in ops else ops[-2000:])
         info["wall_s"] = round(time.time() - start, 1)
         (out / "jobs_gpu.json").write_text(json.dumps(info, indent=1, default=str))
     info["wall_s"] = round(time.time() - start, 1)

@@ -56,6 +56,16 @@ class ModelSpec(Strict):
         return local_or_hub(value)
 
 
+class ProfileSpec(Strict):
+    """torch.profiler around a few steps (train: optimizer steps; infer: batches): what
+    the job spends its time on, written under its work dir as ``profile/``."""
+
+    # The first step recorded (1 = the first); pick one past warm-up (and, for train, past
+    # the first epoch when the vision cache is on) to see the steady state.
+    start_step: int = Field(3, ge=1)
+    steps: int = Field(2, ge=1, le=20)
+
+
 class JobSpec(Strict):
     """Common fields. ``kind`` is fixed by each subclass."""
 

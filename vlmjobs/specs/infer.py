@@ -17,7 +17,14 @@ from typing import Any, Literal
 
 from pydantic import ConfigDict, Field, field_validator, model_validator
 
-from vlmjobs.specs.common import JobSpec, ModelSpec, Strict, existing_path, is_job_ref
+from vlmjobs.specs.common import (
+    JobSpec,
+    ModelSpec,
+    ProfileSpec,
+    Strict,
+    existing_path,
+    is_job_ref,
+)
 from vlmjobs.vision.frames import FACTOR
 from vlmjobs.vision.tasks import Task, parser_for
 
@@ -142,6 +149,8 @@ class InferSpec(JobSpec):
     max_pixels: int | None = Field(None, ge=FACTOR * FACTOR)
     preflight: InferPreflightSpec = Field(default_factory=InferPreflightSpec)
     video: VideoSpec = Field(default_factory=VideoSpec)
+    # Profile a few batches (CPU ops, CUDA kernels): profile/ops.txt and a Perfetto trace.
+    profile: ProfileSpec | None = None
 
     @field_validator("inputs")
     @classmethod

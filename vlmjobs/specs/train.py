@@ -14,6 +14,7 @@ from pydantic import Field, ValidationInfo, field_validator, model_validator
 from vlmjobs.specs.common import (
     JobSpec,
     ModelSpec,
+    ProfileSpec,
     Strict,
     check_job_ref,
     existing_path,
@@ -257,6 +258,8 @@ class TrainSpec(JobSpec):
     # a step); 4 MB per 1,000-token image of the 3B. 0 turns it off; unused with lora.vision.
     vision_cache_gib: float = Field(4.0, ge=0)
     eval: EvalSpec = Field(default_factory=EvalSpec)
+    # Profile a few steps (CPU ops, CUDA kernels): profile/ops.txt and a Perfetto trace.
+    profile: ProfileSpec | None = None
     # One line in job.log (`vlmjobs logs -f`) every N optimizer steps: loss, lr, grad norm,
     # samples/s, ETA. Costs nothing measurable; the metrics table gets every step anyway.
     log_every_steps: int = Field(10, ge=1)

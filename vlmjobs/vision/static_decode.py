@@ -30,6 +30,7 @@ import torch
 from torch.nn import functional as F
 from transformers import BatchFeature, DynamicCache
 
+from vlmjobs.ranges import module_range, record_function
 from vlmjobs.vision.vision_attention import batched_vision_attention
 
 log = logging.getLogger(__name__)
@@ -114,7 +115,8 @@ class StaticDecoder:
         self._ensure_cache(rows, slots)
         state = self._state(rows, slots)
         clock = Clock(self.device)
-        logits = self._prefill(batch, state)
+        with record_function("vlmjobs.generate.prefill"):
+            logits = self._prefill(batch, state)
         ids = torch.zeros(rows, max_new_tokens, dtype=torch.long, device=self.device)
         logprobs = torch.zeros(rows, max_new_tokens, dtype=torch.float32, device=self.device)
         state["min_new"].fill_(min_new_tokens)
@@ -128,14 +130,15 @@ class StaticDecoder:
         )
         clock.mark("capture_s")
         t = 0
-        for t in range(1, max_new_tokens):
-            if step is not None:
-                step()
-            else:
-                self._step(state)
-            ids[:, t], logprobs[:, t] = state["token"], state["logprob"]
-            if t % self.check_every == 0 and bool(state["done"].all()):
-                break
+        with record_function("vlmjobs.generate.decode"):
+            for t in range(1, max_new_tokens):
+                if step is not None:
+                    step()
+                else:
+                    self._step(state)
+                ids[:, t], logprobs[:, t] = state["token"], state["logprob"]
+                if t % self.check_every == 0 and bool(state["done"].all()):
+                    break
         clock.mark("decode_s")
         result = ids.cpu(), logprobs.cpu()
         self.timing = clock.read() | {"steps": t}
@@ -214,7 +217,10 @@ class StaticDecoder:
                 **{k: v for k, v in videos.items() if k != "pixel_values_videos"},
             )
             cache = DynamicCache(config=self.model.config.text_config)
-            with batched_vision_attention(self.vl.visual) if self.windowed else nullcontext():
+            with (
+                batched_vision_attention(self.vl.visual) if self.windowed else nullcontext(),
+                module_range(self.vl.visual, "vlmjobs.generate.vision_tower"),
+            ):
                 hidden = self.vl(
                     input_ids=part["input_ids"],
                     attention_mask=part["attention_mask"],

@@ -41,6 +41,7 @@ from vlmjobs.recipes.infer.video import (
     clip_preflight,
     describe,
 )
+from vlmjobs.recipes.profile import StepProfiler, record_function
 from vlmjobs.specs.infer import InferSpec
 from vlmjobs.vision import tasks
 from vlmjobs.vision.generate import Generation, Generator
@@ -144,16 +145,39 @@ def _consume(
     total: int,
 ) -> bool:
     """Generate and commit until the producer is done; True when stopped early."""
+    profiler = StepProfiler(spec.profile, ctx)  # batches, when the spec asks
+    try:
+        stopped = _consume_units(
+            spec, plan, generator, processor, units, ctx, tally, total, profiler
+        )
+    finally:
+        profiler.abandon()  # an error or a stop inside the window: nothing written
+    return stopped
+
+
+def _consume_units(
+    spec: InferSpec,
+    plan: Plan,
+    generator: Generator,
+    processor: Any,
+    units: queue.Queue,
+    ctx: JobContext,
+    tally: Tally,
+    total: int,
+    profiler: StepProfiler,
+) -> bool:
     step = 0
     while True:
         if ctx.should_stop():
             return True
+        profiler.step(step + 1)
         try:
             unit = units.get(timeout=HEARTBEAT_S)
         except queue.Empty:  # the producer is still reading: keep the heartbeat going
             ctx.progress(tally.done, total)
             continue
         if unit is None:
+            profiler.close()  # a window reaching past the last batch ends here
             return False
         if isinstance(unit, BaseException):
             raise unit
@@ -161,10 +185,12 @@ def _consume(
         if unit.clip is not None:
             outputs.append(describe(generator, unit.clip, spec, plan, ctx.event))
         if unit.ready:
-            outputs += label(
-                generator, processor, unit.ready, spec, plan, batch=unit.batch, event=ctx.event
-            )
-        ctx.save_outputs(outputs)
+            with record_function("vlmjobs.infer.generate"):
+                outputs += label(
+                    generator, processor, unit.ready, spec, plan, batch=unit.batch, event=ctx.event
+                )
+        with record_function("vlmjobs.infer.save"):
+            ctx.save_outputs(outputs)
         if unit.aliases:
             ctx.add_sources(unit.aliases)
         _count(tally, unit, outputs)

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
+from vlmjobs.ranges import module_range, record_function
 from vlmjobs.recipes.train.model import IGNORE, causal_lm
 
 
@@ -29,14 +30,16 @@ def compute_loss(
     labels = batch["labels"]
     inputs = {key: value for key, value in batch.items() if key != "labels"}
     lm = causal_lm(model)
-    hidden = lm.model(**inputs, use_cache=False, return_dict=True).last_hidden_state  # (B,T,H)
+    with module_range(lm.model.visual, "vlmjobs.train.vision_tower"):
+        hidden = lm.model(**inputs, use_cache=False, return_dict=True).last_hidden_state
     targets = labels[:, 1:]
     keep = targets != IGNORE
     n = int(keep.sum())
     if n == 0:
         return hidden.sum() * 0.0, 0
     rows = hidden[:, :-1][keep]  # (N, H): the positions that predict a label
-    loss_sum = linear_cross_entropy(rows, lm.lm_head.weight, targets[keep], chunk_size)
+    with record_function("vlmjobs.train.lm_head_loss"):
+        loss_sum = linear_cross_entropy(rows, lm.lm_head.weight, targets[keep], chunk_size)
     return loss_sum / n, n
 
 

@@ -29,6 +29,7 @@ import torch
 
 from vlmjobs import settings
 from vlmjobs.recipes.context import JobContext
+from vlmjobs.recipes.profile import StepProfiler, record_function
 from vlmjobs.recipes.train import checkpoints as ckpt
 from vlmjobs.recipes.train.data import (
     Prefetcher,
@@ -83,8 +84,10 @@ def run(spec: TrainSpec, ctx: JobContext) -> dict[str, Any]:
     model.train()
     # The next step's micro-batches are collated on a CPU thread during this one.
     prefetch = Prefetcher(processor, data.train)
+    profiler = StepProfiler(spec.profile, ctx)
     try:
         while state.step < total:
+            profiler.step(state.step + 1)
             if ctx.should_stop():
                 path = save(spec, ctx, root, model, optimizer, scheduler, state, {}, False)
                 ctx.event(f"stop requested: checkpointed step {state.step} at {path.name}")
@@ -95,13 +98,14 @@ def run(spec: TrainSpec, ctx: JobContext) -> dict[str, Any]:
             prefetch.ahead([part for b in following for part in pieces(b, state.splits)])
             started = time.perf_counter()
             loss, n_samples = train_step(model, prefetch, step_batches, spec, ctx, state)
-            grad_norm = torch.nn.utils.clip_grad_norm_(
-                trainable, spec.optim.max_grad_norm or math.inf
-            )
-            lr = float(scheduler.get_last_lr()[0])  # the rate this step uses
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
+            with record_function("vlmjobs.train.optimizer"):
+                grad_norm = torch.nn.utils.clip_grad_norm_(
+                    trainable, spec.optim.max_grad_norm or math.inf
+                )
+                lr = float(scheduler.get_last_lr()[0])  # the rate this step uses
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
             state.step += 1
             state.batch_in_epoch += len(step_batches)
             state.samples_seen += n_samples
@@ -113,7 +117,8 @@ def run(spec: TrainSpec, ctx: JobContext) -> dict[str, Any]:
                 "samples_per_s": speed,
                 "samples": n_samples,  # a short last micro-batch makes this vary
             }
-            record_step(ctx, state, step_values, total, trackers)
+            with record_function("vlmjobs.train.record"):
+                record_step(ctx, state, step_values, total, trackers)
             if state.step % spec.log_every_steps == 0 or state.step == total:
                 ctx.log.info(step_line(state.step, total, step_values, eta(clock, state, total)))
 
@@ -136,7 +141,8 @@ def run(spec: TrainSpec, ctx: JobContext) -> dict[str, Any]:
             if data.val and (
                 epoch_end or state.step == total or (every and state.step % every == 0)
             ):
-                metrics = evaluate(model, processor, data.val, data.manifest, spec, ctx.device)
+                with record_function("vlmjobs.train.eval"):
+                    metrics = evaluate(model, processor, data.val, data.manifest, spec, ctx.device)
                 ctx.metrics({f"val_{k}": v for k, v in metrics.items()}, step=state.step)
                 trackers.log({f"val/{k}": v for k, v in metrics.items()}, state.step)
                 ctx.log.info(eval_line(state.step, metrics))
@@ -149,14 +155,17 @@ def run(spec: TrainSpec, ctx: JobContext) -> dict[str, Any]:
                 or state.step % spec.checkpoint.every_steps == 0
                 or (is_best and spec.checkpoint.keep_best)
             ):
-                save(spec, ctx, root, model, optimizer, scheduler, state, metrics, is_best)
+                with record_function("vlmjobs.train.save"):
+                    save(spec, ctx, root, model, optimizer, scheduler, state, metrics, is_best)
             patience = spec.eval.early_stopping_patience
             if metrics and patience and state.evals_since_best >= patience:
                 ctx.event(
                     f"early stop at step {state.step}: no better {spec.eval.metric} in {patience}"
                 )
                 break
+        profiler.close()  # a window reaching past the last step ends here
     finally:
+        profiler.abandon()
         prefetch.close()
         trackers.close()
 
@@ -248,9 +257,12 @@ def train_step(
             loss_sum, tokens = 0.0, 0
             for batch in batches:
                 for part in pieces(batch, state.splits):
-                    inputs = prefetch.take(part, ctx.device)
-                    loss, n = compute_loss(model, inputs, chunk_size=spec.loss_chunk_size)
-                    (loss * n).backward()
+                    with record_function("vlmjobs.train.take_batch"):
+                        inputs = prefetch.take(part, ctx.device)
+                    with record_function("vlmjobs.train.forward_loss"):
+                        loss, n = compute_loss(model, inputs, chunk_size=spec.loss_chunk_size)
+                    with record_function("vlmjobs.train.backward"):
+                        (loss * n).backward()
                     loss_sum += float(loss.detach()) * n
                     tokens += n
             break

@@ -32,7 +32,7 @@ class StepProfiler:
     """Call ``step(n)`` before step ``n`` runs, ``close()`` after the last step, and
     ``abandon()`` on the way out (it does nothing after ``close``)."""
 
-    def __init__(self, spec: ProfileSpec | None, ctx: JobContext) -> None:
+    def __init__(self, spec: ProfileSpec, ctx: JobContext) -> None:
         self.spec = spec
         self.ctx = ctx
         self.cuda = ctx.device.startswith("cuda") and torch.cuda.is_available()
@@ -40,7 +40,7 @@ class StepProfiler:
         self.written: Path | None = None
 
     def step(self, n: int) -> None:
-        if self.spec is None or self.written is not None:
+        if self.spec.steps == 0 or self.written is not None:
             return
         first, last = self.spec.start_step, self.spec.start_step + self.spec.steps - 1
         if self._prof is None and n == first:
@@ -63,7 +63,6 @@ class StepProfiler:
         averages = prof.key_averages()
         sort = "self_device_time_total" if self.cuda else "self_cpu_time_total"
         phases = [e for e in averages if e.key.startswith("vlmjobs.")]
-        assert self.spec is not None
         first = self.spec.start_step
         text = (
             f"steps {first}-{first + self.spec.steps - 1}, sorted by {sort}\n\n"

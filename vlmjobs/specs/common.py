@@ -63,7 +63,8 @@ class ProfileSpec(Strict):
     # The first step recorded (1 = the first); pick one past warm-up (and, for train, past
     # the first epoch when the vision cache is on) to see the steady state.
     start_step: int = Field(3, ge=1)
-    steps: int = Field(2, ge=1, le=20)
+    # How many steps to record from start_step; 0 (the default) records nothing.
+    steps: int = Field(0, ge=0, le=20)
 
 
 class JobSpec(Strict):

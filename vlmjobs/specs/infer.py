@@ -150,7 +150,7 @@ class InferSpec(JobSpec):
     preflight: InferPreflightSpec = Field(default_factory=InferPreflightSpec)
     video: VideoSpec = Field(default_factory=VideoSpec)
     # Profile a few batches (CPU ops, CUDA kernels): profile/ops.txt and a Perfetto trace.
-    profile: ProfileSpec | None = None
+    profile: ProfileSpec = Field(default_factory=ProfileSpec)
 
     @field_validator("inputs")
     @classmethod

@@ -259,7 +259,7 @@ class TrainSpec(JobSpec):
     vision_cache_gib: float = Field(4.0, ge=0)
     eval: EvalSpec = Field(default_factory=EvalSpec)
     # Profile a few steps (CPU ops, CUDA kernels): profile/ops.txt and a Perfetto trace.
-    profile: ProfileSpec | None = None
+    profile: ProfileSpec = Field(default_factory=ProfileSpec)
     # One line in job.log (`vlmjobs logs -f`) every N optimizer steps: loss, lr, grad norm,
     # samples/s, ETA. Costs nothing measurable; the metrics table gets every step anyway.
     log_every_steps: int = Field(10, ge=1)

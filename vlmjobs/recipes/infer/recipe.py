@@ -83,9 +83,11 @@ def run(spec: InferSpec, ctx: JobContext) -> dict[str, Any]:
     )
     producer.start()
     tally, stopped = Tally(), False
+    profiler = StepProfiler(spec.profile, ctx)  # batches, when the spec asks
     try:
-        stopped = _consume(spec, plan, generator, processor, units, ctx, tally, total)
+        stopped = _consume(spec, plan, generator, processor, units, ctx, tally, total, profiler)
     finally:
+        profiler.abandon()  # an error or a stop inside the window: nothing written
         stop.set()
         producer.join(timeout=30)
     # Run to the end, every item was seen: the count is the truth (an archive cut short
@@ -143,29 +145,9 @@ def _consume(
     ctx: JobContext,
     tally: Tally,
     total: int,
-) -> bool:
-    """Generate and commit until the producer is done; True when stopped early."""
-    profiler = StepProfiler(spec.profile, ctx)  # batches, when the spec asks
-    try:
-        stopped = _consume_units(
-            spec, plan, generator, processor, units, ctx, tally, total, profiler
-        )
-    finally:
-        profiler.abandon()  # an error or a stop inside the window: nothing written
-    return stopped
-
-
-def _consume_units(
-    spec: InferSpec,
-    plan: Plan,
-    generator: Generator,
-    processor: Any,
-    units: queue.Queue,
-    ctx: JobContext,
-    tally: Tally,
-    total: int,
     profiler: StepProfiler,
 ) -> bool:
+    """Generate and commit until the producer is done; True when stopped early."""
     step = 0
     while True:
         if ctx.should_stop():

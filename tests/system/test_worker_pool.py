@@ -20,12 +20,13 @@ def test_ping_and_inspect_answer_while_a_job_runs(start_worker, wait_for_state) 
     start_worker()
     with session() as s:
         (name,) = s.scalars(select(Worker.name)).all()
-    job_id = submit(load_spec("sleepy", None, ["items=30", "sleep_s=0.2"]))
+    job_id = submit(load_spec("sleepy", None, ["items=60", "sleep_s=0.2"]))
     wait_for_state(job_id, {"running"}, timeout=20)
-    time.sleep(0.5)  # well inside the job (6 s)
+    time.sleep(0.5)  # well inside the job (12 s)
     app = get_app()
-    assert app.control.ping(destination=[name], timeout=3.0) == [{name: {"ok": "pong"}}]
-    active = app.control.inspect(destination=[name], timeout=3.0).active() or {}
+    # With a destination the reply ends the wait; the long timeout is for a busy machine.
+    assert app.control.ping(destination=[name], timeout=10.0) == [{name: {"ok": "pong"}}]
+    active = app.control.inspect(destination=[name], timeout=10.0).active() or {}
     assert [t["args"] for t in active.get(name, [])] == [[job_id]]
     assert wait_for_state(job_id, {"running", "succeeded"}, timeout=1).state == "running"
     wait_for_state(job_id, {"succeeded"}, timeout=30)

@@ -24,7 +24,9 @@ from vlmjobs.vision import tasks
 from vlmjobs.vision.family import DEFAULT, Family
 
 if TYPE_CHECKING:
-    from vlmjobs.vision.generate import Generation
+    from collections.abc import Callable
+
+    from vlmjobs.vision.generate import Generation, Generator
 
 
 @dataclass
@@ -34,6 +36,26 @@ class Parsed:
     status: str  # ok | repaired | truncated | empty | unparseable
     regions: Any = None  # vision.regions.Regions in ORIGINAL pixels, or None
     extra: dict[str, Any] = field(default_factory=dict)
+
+
+def generate_answers(
+    generator: Generator,
+    batch: Any,
+    spec: InferSpec,
+    event: Callable[[str, str], None] | None = None,
+) -> list[Generation]:
+    """The spec's generation settings over one batch of model inputs (images or a clip).
+
+    On CUDA out-of-memory the Generator frees the failed batch's cache and graphs and goes
+    on at half the batch, down to one row (vision/generate.py); ``event`` hears of it.
+    """
+    return generator.generate(
+        batch,
+        max_new_tokens=spec.max_new_tokens,
+        min_new_tokens=spec.min_new_tokens,
+        repetition_penalty=spec.repetition_penalty,
+        on_oom=None if event is None else lambda message: event(message, "warning"),
+    )
 
 
 def answer_record(

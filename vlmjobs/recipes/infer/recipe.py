@@ -34,7 +34,7 @@ from typing import Any
 from vlmjobs.recipes.context import JobContext, OutputRecord, RegionRecord
 from vlmjobs.recipes.infer.inputs import count_items
 from vlmjobs.recipes.infer.memory import plan_batch
-from vlmjobs.recipes.infer.plan import Plan, answer_record, make_plan
+from vlmjobs.recipes.infer.plan import Plan, answer_record, generate_answers, make_plan
 from vlmjobs.recipes.infer.producer import Ready, Unit, image_inputs, run_producer
 from vlmjobs.recipes.infer.score import region_scores
 from vlmjobs.recipes.infer.video import (
@@ -235,15 +235,8 @@ def label(
     """Generate for one batch (``batch``: its prepared inputs, built here when None) and
     turn each answer into an output with its regions; ``event`` hears about OOM splits."""
     started = time.monotonic()
-    # On CUDA out-of-memory the Generator frees the failed batch's cache and graphs and goes
-    # on at half the batch, down to one image (vision/generate.py); ``event`` hears of it.
-    gens = generator.generate(
-        batch if batch is not None else image_inputs(processor, ready, plan),
-        max_new_tokens=spec.max_new_tokens,
-        min_new_tokens=spec.min_new_tokens,
-        repetition_penalty=spec.repetition_penalty,
-        on_oom=None if event is None else lambda message: event(message, "warning"),
-    )
+    inputs = batch if batch is not None else image_inputs(processor, ready, plan)
+    gens = generate_answers(generator, inputs, spec, event)
     share_ms = (time.monotonic() - started) * 1000 / len(ready)
     tokenizer = getattr(processor, "tokenizer", processor)
     return [

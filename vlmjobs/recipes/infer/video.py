@@ -27,7 +27,7 @@ from PIL import Image
 
 from vlmjobs.recipes.context import OutputRecord
 from vlmjobs.recipes.infer.inputs import RawItem
-from vlmjobs.recipes.infer.plan import Plan, answer_record
+from vlmjobs.recipes.infer.plan import Plan, answer_record, generate_answers
 from vlmjobs.specs.infer import InferSpec
 from vlmjobs.vision.generate import Generation, Generator
 from vlmjobs.vision.video import (
@@ -241,13 +241,7 @@ def describe(
 ) -> OutputRecord:
     """Generate the description of one clip (one row per call: a video row is never split)."""
     started = time.monotonic()
-    [gen] = generator.generate(
-        clip.batch,
-        max_new_tokens=spec.max_new_tokens,
-        min_new_tokens=spec.min_new_tokens,
-        repetition_penalty=spec.repetition_penalty,
-        on_oom=None if event is None else lambda message: event(message, "warning"),
-    )
+    [gen] = generate_answers(generator, clip.batch, spec, event)
     return describe_output(clip, gen, plan, (time.monotonic() - started) * 1000)
 
 

@@ -83,6 +83,21 @@ def test_train_writes_no_profile_outside_or_cut_short(
     assert not any(e.startswith("profiled") for e in ctx.events)
 
 
+def test_a_window_past_the_last_step_writes_the_steps_that_ran(
+    tiny_dir: Path,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    torch.set_num_threads(1)
+    data = write_boxes_jsonl(tmp_path / "data", 12)
+    spec = make_spec(tiny_dir, data, profile={"start_step": 5, "steps": 10})  # 6 steps in all
+    ctx = LocalContext(tmp_path / "job")
+    train(spec, ctx)
+    ops = (ctx.workdir / "profile" / "ops.txt").read_text()
+    assert ops.startswith("steps 5-6, sorted by")
+    assert _phases(ops)["vlmjobs.train.optimizer"] == 2
+    assert "profiled steps 5-6: profile/ops.txt, profile/trace.json (Perfetto)" in ctx.events
+
+
 def test_infer_profile_names_prefill_vision_and_decode(
     tiny_dir: Path,  # noqa: F811
     tmp_path: Path,

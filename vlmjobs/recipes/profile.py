@@ -37,6 +37,7 @@ class StepProfiler:
         self.ctx = ctx
         self.cuda = ctx.device.startswith("cuda") and torch.cuda.is_available()
         self._prof: Any = None
+        self._last_run = 0  # the last step recorded so far
         self.written: Path | None = None
 
     def step(self, n: int) -> None:
@@ -49,6 +50,9 @@ class StepProfiler:
             self._prof.__enter__()
         elif self._prof is not None and n > last:
             self.close()
+            return
+        if self._prof is not None:
+            self._last_run = n
 
     def close(self) -> Path | None:
         """Stop recording and write the files; their folder, or None when nothing ran."""
@@ -63,9 +67,9 @@ class StepProfiler:
         averages = prof.key_averages()
         sort = "self_device_time_total" if self.cuda else "self_cpu_time_total"
         phases = [e for e in averages if e.key.startswith("vlmjobs.")]
-        first = self.spec.start_step
+        first, last = self.spec.start_step, self._last_run  # fewer when the job ended first
         text = (
-            f"steps {first}-{first + self.spec.steps - 1}, sorted by {sort}\n\n"
+            f"steps {first}-{last}, sorted by {sort}\n\n"
             + averages.table(sort_by=sort, row_limit=_ROWS)
             + "\n\nphases (vlmjobs.* ranges): count, CPU time (wall, launches included)"
             + (", device time (kernels inside)" if self.cuda else "")
@@ -80,7 +84,6 @@ class StepProfiler:
         (tmp / "ops.txt").write_text(text)
         prof.export_chrome_trace(str(tmp / "trace.json"))
         self.written = self.ctx.publish(tmp, self.ctx.workdir / "profile")
-        last = first + self.spec.steps - 1
         self.ctx.event(
             f"profiled steps {first}-{last}: profile/ops.txt, profile/trace.json (Perfetto)"
         )

@@ -102,12 +102,18 @@ def test_train_job_through_worker(
         epochs=1,
         eval={"every_steps": 2},
         merge_export=True,
+        profile={"start_step": 3, "steps": 1},
     )
     start_worker()
     submitted = vlmjobs_cli("submit", "train", str(config))
     assert submitted.exit_code == 0, submitted.output
     job_id = int(submitted.stdout.strip())
     job = wait_for_state(job_id, {"succeeded"}, timeout=240)
+    # The profile, published through the worker's fenced rename, and its event.
+    workdir = settings.artifacts_root() / "jobs" / str(job_id)
+    assert (workdir / "profile" / "ops.txt").read_text().startswith("steps 3-3, sorted by")
+    assert (workdir / "profile" / "trace.json").stat().st_size > 0
+    assert any(e.message.startswith("profiled steps 3-3") for e in rows(JobEvent, job_id))
 
     assert job.result["steps"] == job.result["total_steps"] == 4
     assert (job.progress_done, job.progress_total) == (4, 4)

@@ -5,6 +5,7 @@ is never reached or the attempt stops inside it."""
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,15 @@ from test_train_recipe import LocalContext, make_spec, tiny_dir, write_boxes_jso
 from vlmjobs.recipes.train.recipe import run as train
 
 pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(autouse=True)
+def one_thread() -> Iterator[None]:
+    """In-process training on 2 shared cores: one torch thread is faster; restored after."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 class InferContext(LocalContext):
@@ -42,7 +52,6 @@ def _phases(ops: str) -> dict[str, int]:
 
 
 def test_train_profiles_the_asked_steps(tiny_dir: Path, tmp_path: Path) -> None:  # noqa: F811
-    torch.set_num_threads(1)
     data = write_boxes_jsonl(tmp_path / "data", 12)  # 9 train samples: 3 steps an epoch
     spec = make_spec(tiny_dir, data, profile={"start_step": 2, "steps": 2})
     ctx = LocalContext(tmp_path / "job")
@@ -73,7 +82,6 @@ def test_train_writes_no_profile_outside_or_cut_short(
     window: dict[str, int],
     stop_at: int | None,
 ) -> None:
-    torch.set_num_threads(1)
     data = write_boxes_jsonl(tmp_path / "data", 12)
     spec = make_spec(tiny_dir, data, profile=window)  # 2 epochs: 6 steps
     ctx = LocalContext(tmp_path / "job", stop_at_step=stop_at)
@@ -87,7 +95,6 @@ def test_a_window_past_the_last_step_writes_the_steps_that_ran(
     tiny_dir: Path,  # noqa: F811
     tmp_path: Path,
 ) -> None:
-    torch.set_num_threads(1)
     data = write_boxes_jsonl(tmp_path / "data", 12)
     spec = make_spec(tiny_dir, data, profile={"start_step": 5, "steps": 10})  # 6 steps in all
     ctx = LocalContext(tmp_path / "job")
@@ -105,7 +112,6 @@ def test_infer_profile_names_prefill_vision_and_decode(
     from vlmjobs.recipes.infer.recipe import run as infer
     from vlmjobs.specs.infer import InferSpec
 
-    torch.set_num_threads(1)
     data = write_boxes_jsonl(tmp_path / "data", 6)
     spec = InferSpec.model_validate(
         {

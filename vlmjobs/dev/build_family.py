@@ -41,10 +41,8 @@ from vlmjobs.dev.build import (
 )
 from vlmjobs.vision.family import FAMILIES, Family
 
-# Qwen3-VL-Instruct's chat template, images and text only (its tool-call and reasoning
-# branches are left out). Unlike Qwen2/2.5-VL it adds no default system message.
-QWEN3_VL_CHAT_TEMPLATE = (
-    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
+# One message's content in Qwen3-VL's template (Qwen3.5's too): images, videos and text.
+QWEN3_CONTENT = (
     "{% if message['content'] is string %}{{ message['content'] }}"
     "{% else %}{% for content in message['content'] %}"
     "{% if content['type'] == 'image' or 'image' in content or 'image_url' in content %}"
@@ -53,7 +51,24 @@ QWEN3_VL_CHAT_TEMPLATE = (
     "<|vision_start|><|video_pad|><|vision_end|>"
     "{% elif 'text' in content %}{{ content['text'] }}{% endif %}{% endfor %}{% endif %}"
     "<|im_end|>\n{% endfor %}"
-    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+# Qwen3-VL-Instruct's chat template, images and text only (its tool-call and reasoning
+# branches are left out). Unlike Qwen2/2.5-VL it adds no default system message.
+QWEN3_VL_CHAT_TEMPLATE = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
+    + QWEN3_CONTENT
+    + "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+# Qwen3.5: the same plus its thinking switch. The generation prompt opens "<think>\n" by
+# default and closes an empty block with enable_thinking=False; the final assistant turn
+# is rendered after an empty block, as the real template does.
+QWEN3_5_CHAT_TEMPLATE = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
+    "{% if message['role'] == 'assistant' and loop.last %}<think>\n\n</think>\n\n{% endif %}"
+    + QWEN3_CONTENT
+    + "{% if add_generation_prompt %}<|im_start|>assistant\n"
+    "{% if enable_thinking is defined and enable_thinking is false %}<think>\n\n</think>\n\n"
+    "{% else %}<think>\n{% endif %}{% endif %}"
 )
 
 _TINY_TEXT = dict(
@@ -221,7 +236,7 @@ def make_family_model(out: Path, arch: str, seed: int = 0, *, device: str = "cpu
     if family.patch_size == 16:  # Qwen3-VL and its MoE
         tok.chat_template = QWEN3_VL_CHAT_TEMPLATE
     if family.linear_attention:  # Qwen3.5 and its MoE
-        from vlmjobs.dev.build_qwen35 import QWEN3_5_CHAT_TEMPLATE, THINK_TOKENS
+        from vlmjobs.dev.build_qwen35 import THINK_TOKENS
 
         tok.add_tokens(THINK_TOKENS)  # ids right after the specials, as in the config's vocab
         tok.chat_template = QWEN3_5_CHAT_TEMPLATE

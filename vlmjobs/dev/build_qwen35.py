@@ -29,24 +29,7 @@ from transformers import Qwen3_5Config, Qwen3_5MoeConfig
 # Thinking markers: ordinary added tokens in Qwen3.5's tokenizer (decoded with the text).
 THINK_TOKENS = ["<think>", "</think>"]
 
-# Qwen3-VL's template for images and text plus Qwen3.5's thinking switch: the generation
-# prompt opens "<think>\n" by default and closes an empty block with enable_thinking=False;
-# the final assistant turn is rendered after an empty block, as the real template does.
-QWEN3_5_CHAT_TEMPLATE = (
-    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
-    "{% if message['role'] == 'assistant' and loop.last %}<think>\n\n</think>\n\n{% endif %}"
-    "{% if message['content'] is string %}{{ message['content'] }}"
-    "{% else %}{% for content in message['content'] %}"
-    "{% if content['type'] == 'image' or 'image' in content or 'image_url' in content %}"
-    "<|vision_start|><|image_pad|><|vision_end|>"
-    "{% elif content['type'] == 'video' or 'video' in content %}"
-    "<|vision_start|><|video_pad|><|vision_end|>"
-    "{% elif 'text' in content %}{{ content['text'] }}{% endif %}{% endfor %}{% endif %}"
-    "<|im_end|>\n{% endfor %}"
-    "{% if add_generation_prompt %}<|im_start|>assistant\n"
-    "{% if enable_thinking is defined and enable_thinking is false %}<think>\n\n</think>\n\n"
-    "{% else %}<think>\n{% endif %}{% endif %}"
-)
+# Its tiny chat template (the thinking switch) is dev/build_family.QWEN3_5_CHAT_TEMPLATE.
 
 _TEXT: dict[str, dict[str, Any]] = {
     # One layer of each kind; widths small but every head count > 1 (grouped heads exercised).

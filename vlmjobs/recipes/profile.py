@@ -20,11 +20,9 @@ from typing import Any
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from vlmjobs.ranges import record_function
 from vlmjobs.recipes.context import JobContext
 from vlmjobs.specs.common import ProfileSpec
 
-__all__ = ["StepProfiler", "record_function"]
 _ROWS = 40
 
 

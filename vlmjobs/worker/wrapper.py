@@ -109,7 +109,7 @@ def _stopped(c: Lease, ctx: WorkerContext, what: str) -> None:
 def _on_result(c: Lease, ctx: WorkerContext, result: Any) -> None:
     result = result if isinstance(result, dict) else {"value": result}
     if ctx.lost():
-        ctx.log.warning("attempt %s stopped: another attempt owns the job now", c.attempt)
+        _stopped(c, ctx, "its result is dropped")
     elif ctx.cancel_requested():
         _finish(c, ctx, State.cancelled, "cancelled; outputs kept", result=result)
     elif WORKER.flags.shutdown.is_set() and ctx.stop_seen:

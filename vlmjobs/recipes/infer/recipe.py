@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from vlmjobs.ranges import record_function
 from vlmjobs.recipes.context import JobContext, OutputRecord, RegionRecord
 from vlmjobs.recipes.infer.inputs import count_items
 from vlmjobs.recipes.infer.memory import plan_batch
@@ -41,7 +42,7 @@ from vlmjobs.recipes.infer.video import (
     clip_preflight,
     describe,
 )
-from vlmjobs.recipes.profile import StepProfiler, record_function
+from vlmjobs.recipes.profile import StepProfiler
 from vlmjobs.specs.infer import InferSpec
 from vlmjobs.vision import tasks
 from vlmjobs.vision.generate import Generation, Generator

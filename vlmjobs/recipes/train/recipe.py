@@ -28,8 +28,9 @@ import numpy as np
 import torch
 
 from vlmjobs import settings
+from vlmjobs.ranges import record_function
 from vlmjobs.recipes.context import JobContext
-from vlmjobs.recipes.profile import StepProfiler, record_function
+from vlmjobs.recipes.profile import StepProfiler
 from vlmjobs.recipes.train import checkpoints as ckpt
 from vlmjobs.recipes.train.data import (
     Prefetcher,
